@@ -1,0 +1,11 @@
+"""One exception type for problems a user can fix; the CLI prints it as one line and exits 1."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, with a message that says how to fix it."""
+
+
+class ServerUnavailable(UserError):
+    """A server the command needs (broker, MLflow, Prometheus) is not reachable."""

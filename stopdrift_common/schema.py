@@ -1,0 +1,264 @@
+"""The event contract: what a message on ``stops.raw`` may hold, and its validation.
+
+A message is one flat JSON object (a CSV row's columns plus the envelope fields) or a JSON array
+of 1..MAX_ARRAY_EVENTS such objects. ``decode_message`` turns raw bytes into valid rows and
+rejects, each reject with a machine-readable reason (``code`` or ``code:field``).
+
+>>> ok = make_event({"state": "AZ", "city": "Statewide", "geography": "AZ",
+...     "subgeography": "Apache County", "subject_race": "white", "search_rate": None,
+...     "stop_rate": 0.07, "hit_rate": None, "inferred_threshold": None,
+...     "stops_per_year": 7064.9, "stop_rate_n": 293234.0}, source="state", row=0, loop=0, seq=0,
+...     produced_at=1.0)
+>>> ok["event_id"]
+'state-0-0'
+>>> d = decode_message(dumps(ok))
+>>> len(d.valid), d.rejects
+(1, [])
+>>> decode_message(b'{"state": 1}').rejects[0].reason
+'missing_field:city'
+>>> decode_message(b'[]').rejects[0].reason
+'empty_array'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# --- columns -------------------------------------------------------------------------------------
+NUMERIC_COLUMNS = [
+    "search_rate",
+    "stop_rate",
+    "hit_rate",
+    "inferred_threshold",
+    "stops_per_year",
+    "stop_rate_n",
+]
+TEXT_COLUMNS = ["state", "city", "geography", "subgeography", "subject_race"]
+CSV_COLUMNS = TEXT_COLUMNS + NUMERIC_COLUMNS
+ENVELOPE_FIELDS = ["event_id", "source", "seq", "produced_at"]
+EVENT_FIELDS = CSV_COLUMNS + ENVELOPE_FIELDS
+
+TARGET = "subject_race"
+CLASSES = ["black", "hispanic", "white"]
+SOURCES = ["state", "city"]
+
+# Model inputs, and the columns left out of the model with the reason why.
+MODEL_FEATURES = ["state", "search_rate", "hit_rate", "inferred_threshold", "stops_per_year"]
+NUMERIC_FEATURES = ["search_rate", "hit_rate", "inferred_threshold", "stops_per_year"]
+CATEGORICAL_FEATURES = ["state"]
+EXCLUDED_COLUMNS = {
+    "stop_rate": "leaks the target: stops / population of that race, so with the location it "
+    "identifies the race group almost exactly",
+    "stop_rate_n": "leaks the target: the population of that race group at that location",
+    "subgeography": "identifier: lets the model memorise locations (county/district names)",
+    "city": "identifier: free-text location name",
+    "geography": "identifier: free-text location name",
+}
+
+# Known values. A state outside US_STATES is invalid (DLQ); a valid state that the model never
+# saw is a drift signal (the unseen-category share), not an error.
+US_STATES = frozenset(
+    [
+        "AL",
+        "AK",
+        "AZ",
+        "AR",
+        "CA",
+        "CO",
+        "CT",
+        "DE",
+        "DC",
+        "FL",
+        "GA",
+        "HI",
+        "ID",
+        "IL",
+        "IN",
+        "IA",
+        "KS",
+        "KY",
+        "LA",
+        "ME",
+        "MD",
+        "MA",
+        "MI",
+        "MN",
+        "MS",
+        "MO",
+        "MT",
+        "NE",
+        "NV",
+        "NH",
+        "NJ",
+        "NM",
+        "NY",
+        "NC",
+        "ND",
+        "OH",
+        "OK",
+        "OR",
+        "PA",
+        "RI",
+        "SC",
+        "SD",
+        "TN",
+        "TX",
+        "UT",
+        "VT",
+        "VA",
+        "WA",
+        "WV",
+        "WI",
+        "WY",
+        "PR",
+    ]
+)
+# Valid ranges of the numeric columns (inclusive); None means unbounded.
+RANGES: dict[str, tuple[float, float | None]] = {
+    "search_rate": (0.0, 1.0),
+    "stop_rate": (0.0, None),
+    "hit_rate": (0.0, 1.0),
+    "inferred_threshold": (0.0, 1.0),
+    "stops_per_year": (0.0, None),
+    "stop_rate_n": (0.0, None),
+}
+NULLABLE_TEXT = {"subgeography", "subject_race", "city", "geography"}
+MAX_ARRAY_EVENTS = 1000
+MAX_MESSAGE_BYTES = 1_000_000
+
+
+# --- building events -----------------------------------------------------------------------------
+def event_id(source: str, row: int, loop: int) -> str:
+    """Stable id: the same CSV row replayed in the same loop always gets the same id."""
+    return f"{source}-{loop}-{row}"
+
+
+def make_event(
+    values: dict[str, Any], *, source: str, row: int, loop: int, seq: int, produced_at: float
+) -> dict[str, Any]:
+    """A CSV row (NaN already turned into None) plus the envelope fields."""
+    event = {col: values.get(col) for col in CSV_COLUMNS}
+    event.update(
+        event_id=event_id(source, row, loop), source=source, seq=seq, produced_at=produced_at
+    )
+    return event
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+# --- validation ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reject:
+    reason: str
+    index: int | None = None  # position in an array message
+    element: Any = None  # the offending element of an array message
+
+
+@dataclass
+class Decoded:
+    valid: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    is_array: bool = False
+
+
+def validate_event(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Return ``(event, None)`` when ``obj`` follows the contract, else ``(None, reason)``.
+
+    Unknown extra fields are ignored (dropped) so producers can add fields without breaking
+    older workers.
+
+    >>> validate_event({**{c: None for c in EVENT_FIELDS}, "state": "ZZ"})[1]
+    'wrong_type:event_id'
+    """
+    if not isinstance(obj, dict):
+        return None, "not_object"
+    for name in EVENT_FIELDS:
+        if name not in obj:
+            return None, f"missing_field:{name}"
+    if not isinstance(obj["event_id"], str) or not obj["event_id"]:
+        return None, "wrong_type:event_id"
+    if obj["source"] not in SOURCES:
+        return None, "unknown_category:source"
+    seq = obj["seq"]
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        return None, "wrong_type:seq"
+    reason = _check_number("produced_at", obj["produced_at"], (0.0, None), nullable=False)
+    if reason:
+        return None, reason
+    for name in TEXT_COLUMNS:
+        value = obj[name]
+        if value is None and name in NULLABLE_TEXT:
+            continue
+        if not isinstance(value, str):
+            return None, f"wrong_type:{name}"
+    if obj["state"] not in US_STATES:
+        return None, "unknown_category:state"
+    if obj["subject_race"] is not None and obj["subject_race"] not in CLASSES:
+        return None, "unknown_category:subject_race"
+    for name in NUMERIC_COLUMNS:
+        reason = _check_number(name, obj[name], RANGES[name], nullable=True)
+        if reason:
+            return None, reason
+    return {name: obj[name] for name in EVENT_FIELDS}, None
+
+
+def _check_number(
+    name: str, value: Any, bounds: tuple[float, float | None], *, nullable: bool
+) -> str | None:
+    if value is None:
+        return None if nullable else f"wrong_type:{name}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"wrong_type:{name}"
+    if not math.isfinite(value):
+        return f"not_finite:{name}"
+    low, high = bounds
+    if value < low or (high is not None and value > high):
+        return f"out_of_range:{name}"
+    return None
+
+
+def decode_message(raw: bytes | None) -> Decoded:
+    """Decode one Kafka message value into valid events and rejects (never raises)."""
+    out = Decoded()
+    if raw is None or len(raw) == 0:
+        out.rejects.append(Reject("empty_message"))
+        return out
+    if len(raw) > MAX_MESSAGE_BYTES:
+        out.rejects.append(Reject("oversize"))
+        return out
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        out.rejects.append(Reject("not_utf8"))
+        return out
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        out.rejects.append(Reject("invalid_json"))
+        return out
+    if isinstance(obj, list):
+        out.is_array = True
+        if not obj:
+            out.rejects.append(Reject("empty_array"))
+        elif len(obj) > MAX_ARRAY_EVENTS:
+            out.rejects.append(Reject("array_too_long"))
+        else:
+            for i, element in enumerate(obj):
+                event, reason = validate_event(element)
+                if event is None:
+                    out.rejects.append(Reject(reason or "invalid", index=i, element=element))
+                else:
+                    out.valid.append(event)
+        return out
+    event, reason = validate_event(obj)
+    if event is None:
+        out.rejects.append(Reject(reason or "invalid"))
+    else:
+        out.valid.append(event)
+    return out

