@@ -1,0 +1,462 @@
+"""Drift windows as mergeable counts, and a tumbling window assembler by event count.
+
+A ``WindowPartial`` holds only counts (per numeric feature: histogram on the reference's bins,
+missing and out-of-range counts; per categorical feature: counts per reference category plus an
+"unseen" bucket and a missing count; predicted-class counts; the sum of max-probabilities;
+labelled and correct counts). Counts add up, so partials of disjoint event sets merge exactly:
+N workers (or N batches) give the same figures as one, and a partial is JSON-able so it can
+travel on a Kafka topic.
+
+A partial's arrays may carry a leading "window" axis: ``stack`` turns W partials into one whose
+arrays are ``(W, ...)``, and every statistic in ``stopdrift_common.statistics`` then scores the W
+windows at once (used by the bootstrap and the benchmarks).
+
+``TumblingWindows`` cuts the stream into windows of exactly ``window_events`` events, splitting a
+batch across a boundary, so the windows are identical whatever the batch sizes.
+
+>>> import numpy as np, pandas as pd
+>>> from stopdrift_common.schema import MODEL_FEATURES
+>>> ref = {"classes": ["a", "b"], "prediction_shares": {"a": 0.5, "b": 0.5},
+...        "mean_confidence": 0.7, "numeric": {"stops_per_year": {"edges": [10.0],
+...        "proportions": [0.5, 0.5], "missing_share": 0.0}},
+...        "categorical": {"state": {"shares": {"AZ": 0.5, "CA": 0.5}, "missing_share": 0.0}}}
+>>> layout = Layout.from_reference(ref)
+>>> df = pd.DataFrame({"state": ["AZ", "CA", "TX", None], "stops_per_year": [5, 20, None, -1]})
+>>> p = WindowPartial.from_batch(df, np.array([[.9, .1], [.2, .8], [.6, .4], [.5, .5]]),
+...                              ["a", "b"], None, layout)
+>>> p.n, p.num_bins["stops_per_year"].tolist(), p.num_missing["stops_per_year"]
+(4, [2, 1], 1)
+>>> p.num_out_of_range["stops_per_year"], p.cat_counts["state"].tolist(), p.cat_missing["state"]
+(1, [1, 1, 1], 1)
+>>> p.pred_counts.tolist(), round(p.sum_max_proba, 2)
+([3, 1], 2.8)
+>>> w = TumblingWindows(window_events=3)
+>>> [(c.index, c.start_event, c.end_event) for c in w.add(df, np.full((4, 2), .5), ["a", "b"],
+...                                                       None, layout)]
+[(0, 0, 3)]
+>>> w.current.n
+1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stopdrift_common.schema import RANGES
+
+UNSEEN = "__unseen__"
+
+
+# --- the baseline a window is binned and compared against ---------------------------------------
+@dataclass(frozen=True)
+class NumericSpec:
+    edges: np.ndarray
+    proportions: np.ndarray
+    missing_share: float
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class CategoricalSpec:
+    categories: tuple[str, ...]
+    shares: np.ndarray  # aligned with categories
+    missing_share: float
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the reference says, in arrays: bins, categories, classes and their reference shares.
+
+    Monitored categoricals are the reference's ``categorical`` entries plus, when the reference
+    rows are given and hold it, ``source`` (the reference dict has no shares for it).
+    """
+
+    numeric: dict[str, NumericSpec]
+    categorical: dict[str, CategoricalSpec]
+    classes: tuple[str, ...]
+    prediction_shares: np.ndarray
+    mean_confidence: float | None
+    accuracy: float | None
+
+    @classmethod
+    def from_reference(
+        cls, reference: dict[str, Any], reference_rows: pd.DataFrame | None = None
+    ) -> Layout:
+        if not reference.get("classes"):
+            raise ValueError("reference has no 'classes': it is not a stopdrift reference")
+        numeric = {}
+        for name, spec in reference.get("numeric", {}).items():
+            low, high = RANGES.get(name, (None, None))
+            numeric[name] = NumericSpec(
+                edges=np.asarray(spec["edges"], dtype=float),
+                proportions=np.asarray(spec["proportions"], dtype=float),
+                missing_share=float(spec.get("missing_share", 0.0)),
+                low=low,
+                high=high,
+            )
+        categorical = {}
+        cat_refs = dict(reference.get("categorical", {}))
+        if "source" not in cat_refs and reference_rows is not None and "source" in reference_rows:
+            src = reference_rows["source"].astype("string")
+            cat_refs["source"] = {
+                "shares": src.value_counts(normalize=True).to_dict(),
+                "missing_share": float(src.isna().mean()),
+            }
+        for name, spec in cat_refs.items():
+            shares = {str(k): float(v) for k, v in spec["shares"].items() if float(v) > 0}
+            cats = tuple(sorted(shares))
+            categorical[name] = CategoricalSpec(
+                categories=cats,
+                shares=np.asarray([shares[c] for c in cats], dtype=float),
+                missing_share=float(spec.get("missing_share", 0.0)),
+            )
+        classes = tuple(str(c) for c in reference["classes"])
+        pshares = reference.get("prediction_shares", {})
+        return cls(
+            numeric=numeric,
+            categorical=categorical,
+            classes=classes,
+            prediction_shares=np.asarray([float(pshares.get(c, 0.0)) for c in classes]),
+            mean_confidence=reference.get("mean_confidence"),
+            accuracy=reference.get("accuracy"),
+        )
+
+
+def align_proba(proba: np.ndarray, classes: Iterable[str], layout: Layout) -> np.ndarray:
+    """Reorder the columns of ``proba`` (one per entry of ``classes``) into the layout's class
+    order; a class the model has but the reference lacks is dropped, one it lacks is zero."""
+    proba = np.asarray(proba, dtype=float)
+    classes = [str(c) for c in classes]
+    if proba.ndim != 2 or proba.shape[1] != len(classes):
+        raise ValueError(
+            f"proba has shape {proba.shape}, expected (n_events, {len(classes)}) for {classes}"
+        )
+    if tuple(classes) == layout.classes:
+        return proba
+    out = np.zeros((proba.shape[0], len(layout.classes)))
+    for j, c in enumerate(layout.classes):
+        if c in classes:
+            out[:, j] = proba[:, classes.index(c)]
+    return out
+
+
+# --- counts -------------------------------------------------------------------------------------
+def _num(x: Any) -> Any:
+    return x.tolist() if isinstance(x, np.ndarray) else x
+
+
+@dataclass
+class WindowPartial:
+    """Counts of one set of events (or, stacked, of W sets: arrays with a leading axis)."""
+
+    n: Any = 0
+    num_bins: dict[str, np.ndarray] = field(default_factory=dict)
+    num_missing: dict[str, Any] = field(default_factory=dict)
+    num_out_of_range: dict[str, Any] = field(default_factory=dict)
+    cat_counts: dict[str, np.ndarray] = field(default_factory=dict)  # last entry: unseen
+    cat_missing: dict[str, Any] = field(default_factory=dict)
+    pred_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sum_max_proba: Any = 0.0
+    labelled: Any = 0
+    correct: Any = 0
+    first_time: float | None = None
+    last_time: float | None = None
+
+    @classmethod
+    def empty(cls, layout: Layout) -> WindowPartial:
+        return cls(
+            n=0,
+            num_bins={k: np.zeros(len(s.edges) + 1, np.int64) for k, s in layout.numeric.items()},
+            num_missing={k: 0 for k in layout.numeric},
+            num_out_of_range={k: 0 for k in layout.numeric},
+            cat_counts={
+                k: np.zeros(len(s.categories) + 1, np.int64) for k, s in layout.categorical.items()
+            },
+            cat_missing={k: 0 for k in layout.categorical},
+            pred_counts=np.zeros(len(layout.classes), np.int64),
+        )
+
+    @classmethod
+    def from_batch(
+        cls,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: Iterable[str],
+        labels: pd.Series | np.ndarray | None,
+        reference: Layout | dict[str, Any],
+        times: np.ndarray | None = None,
+    ) -> WindowPartial:
+        """Counts of one batch, vectorised. ``features`` are raw (pre-imputation) values;
+        a monitored column absent from ``features`` counts as missing."""
+        layout = reference if isinstance(reference, Layout) else Layout.from_reference(reference)
+        n = len(features)
+        out = cls.empty(layout)
+        out.n = n
+        if n == 0:
+            return out
+        for name, spec in layout.numeric.items():
+            if name in features:
+                values = pd.to_numeric(features[name], errors="coerce").to_numpy(dtype=float)
+            else:
+                values = np.full(n, np.nan)
+            present = values[~np.isnan(values)]
+            idx = np.searchsorted(spec.edges, present, side="left")
+            out.num_bins[name] = np.bincount(idx, minlength=len(spec.edges) + 1).astype(np.int64)
+            out.num_missing[name] = int(n - present.size)
+            bad = np.zeros(present.size, dtype=bool)
+            if spec.low is not None:
+                bad |= present < spec.low
+            if spec.high is not None:
+                bad |= present > spec.high
+            out.num_out_of_range[name] = int(bad.sum())
+        for name, spec in layout.categorical.items():
+            if name not in features:
+                out.cat_missing[name] = n
+                continue
+            col = features[name]
+            missing = col.isna().to_numpy()
+            codes = pd.Categorical(col.astype("string"), categories=list(spec.categories)).codes
+            k = len(spec.categories)
+            counts = np.bincount(codes[codes >= 0], minlength=k)
+            unseen = int(((codes < 0) & ~missing).sum())
+            out.cat_counts[name] = np.append(counts, unseen).astype(np.int64)
+            out.cat_missing[name] = int(missing.sum())
+        p = align_proba(proba, classes, layout)
+        if len(p) != n:
+            raise ValueError(f"proba has {len(p)} rows for {n} feature rows")
+        top = p.argmax(axis=1)
+        out.pred_counts = np.bincount(top, minlength=len(layout.classes)).astype(np.int64)
+        out.sum_max_proba = float(p.max(axis=1).sum())
+        if labels is not None:
+            lab = pd.Series(np.asarray(labels, dtype=object)).astype("string")
+            known = lab.notna().to_numpy()
+            predicted = np.asarray(layout.classes, dtype=object)[top]
+            out.labelled = int(known.sum())
+            out.correct = int((lab.to_numpy(dtype=object, na_value=None) == predicted)[known].sum())
+        if times is not None and len(times):
+            t = np.asarray(times, dtype=float)
+            out.first_time, out.last_time = float(np.nanmin(t)), float(np.nanmax(t))
+        return out
+
+    def merge(self, other: WindowPartial) -> WindowPartial:
+        """Counts of the union of two disjoint event sets (a new partial; inputs unchanged)."""
+
+        def add(a: dict, b: dict) -> dict:
+            return {k: a[k] + b[k] for k in a}
+
+        times_first = [t for t in (self.first_time, other.first_time) if t is not None]
+        times_last = [t for t in (self.last_time, other.last_time) if t is not None]
+        return WindowPartial(
+            n=self.n + other.n,
+            num_bins=add(self.num_bins, other.num_bins),
+            num_missing=add(self.num_missing, other.num_missing),
+            num_out_of_range=add(self.num_out_of_range, other.num_out_of_range),
+            cat_counts=add(self.cat_counts, other.cat_counts),
+            cat_missing=add(self.cat_missing, other.cat_missing),
+            pred_counts=self.pred_counts + other.pred_counts,
+            sum_max_proba=self.sum_max_proba + other.sum_max_proba,
+            labelled=self.labelled + other.labelled,
+            correct=self.correct + other.correct,
+            first_time=min(times_first) if times_first else None,
+            last_time=max(times_last) if times_last else None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (plain lists, ints and floats)."""
+        return {
+            "n": _num(self.n),
+            "num_bins": {k: _num(v) for k, v in self.num_bins.items()},
+            "num_missing": {k: _num(v) for k, v in self.num_missing.items()},
+            "num_out_of_range": {k: _num(v) for k, v in self.num_out_of_range.items()},
+            "cat_counts": {k: _num(v) for k, v in self.cat_counts.items()},
+            "cat_missing": {k: _num(v) for k, v in self.cat_missing.items()},
+            "pred_counts": _num(self.pred_counts),
+            "sum_max_proba": _num(self.sum_max_proba),
+            "labelled": _num(self.labelled),
+            "correct": _num(self.correct),
+            "first_time": self.first_time,
+            "last_time": self.last_time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WindowPartial:
+        def arr(x: Any) -> np.ndarray:
+            return np.asarray(x, dtype=np.int64)
+
+        return cls(
+            n=int(d["n"]),
+            num_bins={k: arr(v) for k, v in d["num_bins"].items()},
+            num_missing={k: int(v) for k, v in d["num_missing"].items()},
+            num_out_of_range={k: int(v) for k, v in d["num_out_of_range"].items()},
+            cat_counts={k: arr(v) for k, v in d["cat_counts"].items()},
+            cat_missing={k: int(v) for k, v in d["cat_missing"].items()},
+            pred_counts=arr(d["pred_counts"]),
+            sum_max_proba=float(d["sum_max_proba"]),
+            labelled=int(d["labelled"]),
+            correct=int(d["correct"]),
+            first_time=d.get("first_time"),
+            last_time=d.get("last_time"),
+        )
+
+    def equals(self, other: WindowPartial, tol: float = 1e-9) -> bool:
+        """Same counts (the float sum of max-probabilities within ``tol``)."""
+        a, b = self.to_dict(), other.to_dict()
+        sa, sb = a.pop("sum_max_proba"), b.pop("sum_max_proba")
+        return a == b and bool(np.allclose(sa, sb, rtol=0, atol=tol))
+
+
+def stack(partials: list[WindowPartial]) -> WindowPartial:
+    """W single-window partials -> one partial whose arrays have a leading window axis."""
+    first = partials[0]
+
+    def col(get) -> np.ndarray:
+        return np.stack([np.asarray(get(p)) for p in partials])
+
+    return WindowPartial(
+        n=col(lambda p: p.n),
+        num_bins={k: col(lambda p, k=k: p.num_bins[k]) for k in first.num_bins},
+        num_missing={k: col(lambda p, k=k: p.num_missing[k]) for k in first.num_missing},
+        num_out_of_range={
+            k: col(lambda p, k=k: p.num_out_of_range[k]) for k in first.num_out_of_range
+        },
+        cat_counts={k: col(lambda p, k=k: p.cat_counts[k]) for k in first.cat_counts},
+        cat_missing={k: col(lambda p, k=k: p.cat_missing[k]) for k in first.cat_missing},
+        pred_counts=col(lambda p: p.pred_counts),
+        sum_max_proba=col(lambda p: p.sum_max_proba),
+        labelled=col(lambda p: p.labelled),
+        correct=col(lambda p: p.correct),
+    )
+
+
+# --- tumbling windows ---------------------------------------------------------------------------
+@dataclass
+class ClosedWindow:
+    index: int
+    start_event: int  # events counted since the assembler started (or was reset), inclusive
+    end_event: int  # exclusive
+    partial: WindowPartial
+    closed_at: float
+    closed_by: str  # "count" (window_events reached) or "time" (max_window_seconds passed)
+    rows: pd.DataFrame | None = None  # the window's raw rows, when the assembler keeps them
+
+
+class TumblingWindows:
+    """Tumbling windows of exactly ``window_events`` events, in arrival order.
+
+    ``add`` splits a batch at window boundaries, so the closed windows do not depend on how the
+    stream was cut into batches. With ``max_window_seconds``, a window open that long (by the
+    ``now`` clock passed in, wall-clock by default) is closed early at the next ``add`` or
+    ``tick``: such a window is shorter, and its ``closed_by`` says "time". With ``keep_rows``
+    the assembler keeps the current window's raw rows (at most ``window_events``) for reports.
+    """
+
+    def __init__(
+        self, window_events: int, max_window_seconds: float | None = None, keep_rows: bool = False
+    ):
+        if window_events < 1:
+            raise ValueError(f"window_events must be at least 1, got {window_events}")
+        if max_window_seconds is not None and max_window_seconds <= 0:
+            raise ValueError(f"max_window_seconds must be > 0, got {max_window_seconds}")
+        self.window_events = window_events
+        self.max_window_seconds = max_window_seconds
+        self.keep_rows = keep_rows
+        self._reset()
+
+    def _reset(self) -> None:
+        self.current: WindowPartial | None = None
+        self.events = 0  # events seen in total
+        self.windows = 0  # windows closed
+        self._start = 0
+        self._opened_at: float | None = None
+        self._rows: list[pd.DataFrame] = []
+
+    def reset(self) -> None:
+        """Forget the open window and the counters (e.g. when the model changes)."""
+        self._reset()
+
+    def _close(self, by: str, now: float) -> ClosedWindow:
+        assert self.current is not None
+        rows = pd.concat(self._rows, ignore_index=True) if self._rows else None
+        closed = ClosedWindow(self.windows, self._start, self.events, self.current, now, by, rows)
+        self.windows += 1
+        self._start = self.events
+        self.current = None
+        self._opened_at = None
+        self._rows = []
+        return closed
+
+    def tick(self, now: float | None = None) -> list[ClosedWindow]:
+        """Close the open window if it has been open ``max_window_seconds``."""
+        now = time.time() if now is None else now
+        if (
+            self.max_window_seconds is not None
+            and self.current is not None
+            and self.current.n > 0
+            and self._opened_at is not None
+            and now - self._opened_at >= self.max_window_seconds
+        ):
+            return [self._close("time", now)]
+        return []
+
+    def add(
+        self,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: Iterable[str],
+        labels: pd.Series | None,
+        layout: Layout,
+        times: np.ndarray | None = None,
+        now: float | None = None,
+        rows: pd.DataFrame | None = None,
+    ) -> list[ClosedWindow]:
+        """Count a batch; return the windows it closed (oldest first). ``rows`` (default:
+        ``features``) are the raw rows kept for reports when ``keep_rows``."""
+        now = time.time() if now is None else now
+        closed = self.tick(now)
+        classes = list(classes)
+        n = len(features)
+        pos = 0
+        while pos < n:
+            if self.current is None:
+                self.current = WindowPartial.empty(layout)
+                self._opened_at = now
+            take = min(self.window_events - self.current.n, n - pos)
+            part = WindowPartial.from_batch(
+                features.iloc[pos : pos + take],
+                proba[pos : pos + take],
+                classes,
+                None if labels is None else labels.iloc[pos : pos + take],
+                layout,
+                None if times is None else times[pos : pos + take],
+            )
+            self.current = self.current.merge(part)
+            if self.keep_rows:
+                src = features if rows is None else rows
+                self._rows.append(src.iloc[pos : pos + take])
+            self.events += take
+            pos += take
+            if self.current.n >= self.window_events:
+                closed.append(self._close("count", now))
+        return closed
+
+    def add_partial(self, partial: WindowPartial, now: float | None = None) -> list[ClosedWindow]:
+        """Add an already-counted batch (e.g. from another worker) as one unit: counts cannot
+        be split, so a window closes once it holds at least ``window_events`` events."""
+        now = time.time() if now is None else now
+        closed = self.tick(now)
+        if self.current is None:
+            self.current = partial
+            self._opened_at = now
+        else:
+            self.current = self.current.merge(partial)
+        self.events += int(partial.n)
+        if self.current.n >= self.window_events:
+            closed.append(self._close("count", now))
+        return closed
