@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", choices=SCENARIOS, default="none")
     p.add_argument("--feature", default="stops_per_year", help="feature the scenario shifts")
     p.add_argument("--at", type=int, default=0, help="event number where the scenario starts")
+    p.add_argument(
+        "--factor", type=non_negative_float, default=3.0, help="shift/gradual: multiplier"
+    )
+    p.add_argument(
+        "--span", type=positive_int, default=2000, help="gradual/missing: events to ramp in over"
+    )
+    p.add_argument(
+        "--share", type=probability, default=0.5, help="missing: final share of blanked values"
+    )
     p.add_argument("--topic", help="topic to write to (default stops.raw)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run="producers.replay:run")

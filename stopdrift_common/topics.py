@@ -4,26 +4,48 @@ with 4 partitions, whatever the user asked for)."""
 from __future__ import annotations
 
 import contextlib
+import socket
 
 from stopdrift_common.errors import ServerUnavailable
 from stopdrift_common.settings import Settings
 
 
-def admin(settings: Settings):
-    from kafka.admin import KafkaAdminClient
-    from kafka.errors import NoBrokersAvailable
+def broker_unavailable(settings: Settings) -> ServerUnavailable:
+    return ServerUnavailable(
+        f"no Kafka broker at {settings.bootstrap}: start the embedded one with "
+        f"`stopdrift broker` (or `make demo`), or set KAFKA_BOOTSTRAP_SERVERS"
+    )
 
+
+def require_broker(settings: Settings, timeout: float = 2.0) -> None:
+    """Fail fast when no bootstrap address accepts a TCP connection (kafka-python 3 would wait
+    30 s and then raise KafkaTimeoutError; it has no NoBrokersAvailable any more)."""
+    for address in settings.bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        with contextlib.suppress(OSError, ValueError):
+            socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout).close()
+            return
+    raise broker_unavailable(settings)
+
+
+def admin(settings: Settings):
+    from kafka import errors
+    from kafka.admin import KafkaAdminClient
+
+    require_broker(settings)
+    unreachable = tuple(
+        e
+        for e in (getattr(errors, "NoBrokersAvailable", None), errors.KafkaTimeoutError)
+        if e is not None
+    )
     try:
         return KafkaAdminClient(
             bootstrap_servers=settings.bootstrap,
             request_timeout_ms=10000,
             client_id="stopdrift-admin",
         )
-    except NoBrokersAvailable:
-        raise ServerUnavailable(
-            f"no Kafka broker at {settings.bootstrap}: start the embedded one with "
-            f"`stopdrift broker` (or `make demo`), or set KAFKA_BOOTSTRAP_SERVERS"
-        ) from None
+    except unreachable:
+        raise broker_unavailable(settings) from None
 
 
 def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str]:
