@@ -1,0 +1,116 @@
+"""MLflow edge of training: one run with everything, a registered version, tags and the alias.
+
+PyCaret 3.3.2's own MLflow logging breaks with current mlflow, and mlflow 3 saves sklearn models
+with skops by default, which fails on PyCaret pipelines: runs are logged here by hand and the
+model is saved with cloudpickle (see /work/shared/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stopdrift_common import registry
+from stopdrift_common.errors import UserError
+from stopdrift_common.settings import Settings
+
+
+@dataclass(frozen=True)
+class Registered:
+    run_id: str
+    version: str
+    model_uri: str
+
+
+def log_run(
+    settings: Settings,
+    *,
+    run_name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: Mapping[str, list[Path]],
+    reference: dict[str, Any],
+    reference_rows: pd.DataFrame,
+    model: Any,
+    input_example: pd.DataFrame,
+    tags: Mapping[str, str],
+) -> Registered:
+    """Log one run (params, metrics, files, reference artifacts, model) and register the model
+    as a new version of ``settings.model_name``. ``artifacts`` maps run folder -> files."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    registry.client(settings)  # sets the tracking URI
+    mlflow.set_experiment(settings.experiment_name)
+    signature = infer_signature(input_example, model.predict(input_example))
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(dict(tags))
+        mlflow.log_params({k: _param(v) for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        for folder, paths in artifacts.items():
+            for path in paths:
+                mlflow.log_artifact(str(path), artifact_path=folder)
+        with tempfile.TemporaryDirectory() as tmp:
+            stats = Path(tmp) / Path(registry.REFERENCE_STATS_ARTIFACT).name
+            stats.write_text(json.dumps(reference, indent=2, default=_json_default))
+            rows = Path(tmp) / Path(registry.REFERENCE_ROWS_ARTIFACT).name
+            reference_rows.to_parquet(rows, index=False)
+            folder = str(Path(registry.REFERENCE_STATS_ARTIFACT).parent)
+            mlflow.log_artifact(str(stats), artifact_path=folder)
+            mlflow.log_artifact(str(rows), artifact_path=folder)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="cloudpickle",
+            signature=signature,
+            input_example=input_example,
+            registered_model_name=settings.model_name,
+        )
+    version = str(info.registered_model_version)
+    return Registered(run.info.run_id, version, f"models:/{settings.model_name}/{version}")
+
+
+def champion_proba(
+    settings: Settings, features: pd.DataFrame
+) -> tuple[str, np.ndarray, list[str]] | None:
+    """The current champion's version and probabilities on ``features``, or None if there is
+    no champion yet."""
+    if registry.champion_version(settings) is None:
+        return None
+    try:
+        champ = registry.load_champion(settings)
+    except UserError:
+        return None
+    return champ.version, np.asarray(champ.model.predict_proba(features)), champ.classes
+
+
+def record_decision(
+    settings: Settings, version: str, promote: bool, tags: Mapping[str, str]
+) -> str | None:
+    """Tag the version with its evaluation and decision; move the alias when promoted. Returns
+    the version the alias points at afterwards."""
+    c = registry.client(settings)
+    for key, value in tags.items():
+        c.set_model_version_tag(settings.model_name, version, key, value)
+    if promote:
+        c.set_registered_model_alias(settings.model_name, settings.model_alias, version)
+    return registry.champion_version(settings)
+
+
+def _param(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]  # mlflow's limit on a param value
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
