@@ -1,0 +1,287 @@
+"""The drift monitor the stream worker calls once per micro-batch.
+
+It counts each batch into tumbling windows (``windows.py``), and for every window that closes
+computes the statistics, asks the calibrated detector (``detectors.py``) for a verdict, keeps the
+last window's figures in ``latest`` (read by the Prometheus collector in ``drift_metrics.py``)
+and returns one alert message per drifted window, ready for the ``drift.alerts`` topic. When a
+window drifts it may also write an Evidently HTML report of that window (``reports.py``) in a
+background thread, at most one per ``report_min_interval_seconds``: a report costs about half a
+second of CPU, far more than the counting.
+
+Multi-worker: ``partial_for_batch`` returns a batch's counts without touching the monitor's state,
+``WindowPartial.to_dict`` makes them JSON-able, and a coordinator's monitor takes them with
+``update_partial``. Counts merge exactly; window boundaries are then per partial (a partial is
+not split).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stopdrift_common.settings import Settings
+from stream_app.detectors import (
+    DEFAULT_BOOTSTRAP,
+    CalibratedDetector,
+    compute_statistics,
+    summarise,
+)
+from stream_app.windows import ClosedWindow, Layout, TumblingWindows, WindowPartial, align_proba
+
+log = logging.getLogger(__name__)
+
+REPORT_REFERENCE_ROWS = 2000  # reference rows given to Evidently (bounds a report's cost)
+
+
+def report_name(unix_time: float) -> str:
+    """The report file name for a window closed at ``unix_time``.
+
+    >>> report_name(1700000000.7)
+    'Classification_State_Metrics_1700000000_Drift_Report.html'
+    """
+    return f"Classification_State_Metrics_{int(unix_time)}_Drift_Report.html"
+
+
+def _nested(flat: dict[tuple[str, str], float]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for (f, s), v in flat.items():
+        out.setdefault(f, {})[s] = float(v) if math.isfinite(v) else None
+    return out
+
+
+class DriftMonitor:
+    """Windows, statistics, calibrated verdicts and alert messages for one model version.
+
+    Parameters
+    ----------
+    reference, reference_rows
+        The champion's reference statistics and rows (``registry.Champion``); rows may be None.
+    settings
+        ``window_events``, ``false_alarm_rate``, ``persistence`` and ``seed`` are used.
+    model_version
+        Copied into alerts and metrics.
+    report_dir
+        Where Evidently reports of drifted windows are written (created when needed).
+    write_reports
+        False: never write reports (the rows of the window are then not kept either).
+    max_window_seconds
+        Close a window early after this long (its statistics are reported, not tested: the
+        thresholds hold for ``window_events``-sized windows only).
+    """
+
+    def __init__(
+        self,
+        reference: dict[str, Any],
+        reference_rows: pd.DataFrame | None,
+        settings: Settings,
+        model_version: str,
+        report_dir: Path,
+        *,
+        write_reports: bool = True,
+        report_min_interval_seconds: float = 60.0,
+        max_window_seconds: float | None = None,
+        n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    ):
+        self.settings = settings
+        self.report_dir = Path(report_dir)
+        self.write_reports = write_reports
+        self.report_min_interval_seconds = report_min_interval_seconds
+        self.max_window_seconds = max_window_seconds
+        self.n_bootstrap = n_bootstrap
+        self.windows_total = 0
+        self.alerts_total = 0
+        self.reports_written = 0
+        self.latest: dict[str, Any] | None = None
+        self._last_report_at = -math.inf
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self.reset(reference, reference_rows, model_version)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def reset(
+        self, reference: dict[str, Any], reference_rows: pd.DataFrame | None, model_version: str
+    ) -> None:
+        """Start over for a new champion: new bins, recalibrated thresholds, the open window
+        dropped (its predictions came from the old model). Lifetime counters are kept."""
+        self.reference = reference
+        self.reference_rows = reference_rows
+        self.model_version = str(model_version)
+        self.layout = Layout.from_reference(reference, reference_rows)
+        self.detector = CalibratedDetector(
+            self.layout,
+            reference_rows,
+            window_events=self.settings.window_events,
+            false_alarm_rate=self.settings.false_alarm_rate,
+            persistence=self.settings.persistence,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.settings.seed,
+        )
+        keep_rows = self.write_reports and reference_rows is not None
+        self.windows = TumblingWindows(
+            self.settings.window_events, self.max_window_seconds, keep_rows=keep_rows
+        )
+
+    def close(self, wait: bool = True) -> None:
+        """Let pending reports finish (or not) and stop the report thread."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait)
+            self._executor = None
+
+    # --- per batch ------------------------------------------------------------------------------
+    def update(
+        self,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: list[str],
+        labels: pd.Series | None = None,
+        *,
+        times: np.ndarray | None = None,
+        now: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Count one batch; return the alert messages of the windows it closed that drifted.
+
+        ``features``: raw (pre-imputation) MODEL_FEATURES + ``source``, one row per scored
+        event; ``proba``: (n, len(classes)); ``labels``: true classes where known (None/NaN
+        elsewhere); ``times``: optional event times (seconds), kept as the window's span.
+        """
+        now = time.time() if now is None else now
+        rows = None
+        if self.windows.keep_rows:
+            aligned = align_proba(proba, classes, self.layout)
+            predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
+            rows = features.reset_index(drop=True).assign(predicted=predicted)
+        closed = self.windows.add(
+            features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
+        )
+        return self._finish(closed)
+
+    def tick(self, now: float | None = None) -> list[dict[str, Any]]:
+        """For a timer: close the open window when ``max_window_seconds`` has passed."""
+        return self._finish(self.windows.tick(now))
+
+    def partial_for_batch(
+        self,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: list[str],
+        labels: pd.Series | None = None,
+    ) -> WindowPartial:
+        """A batch's counts on this monitor's bins, without changing the monitor."""
+        return WindowPartial.from_batch(features, proba, classes, labels, self.layout)
+
+    @staticmethod
+    def merge(partials: list[WindowPartial]) -> WindowPartial:
+        """Counts of the union of several partials (e.g. from several workers)."""
+        out = partials[0]
+        for p in partials[1:]:
+            out = out.merge(p)
+        return out
+
+    def update_partial(
+        self, partial: WindowPartial | dict[str, Any], now: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Add counts made elsewhere (a partial or its ``to_dict``) as one unit."""
+        if isinstance(partial, dict):
+            partial = WindowPartial.from_dict(partial)
+        return self._finish(self.windows.add_partial(partial, now))
+
+    # --- closing windows ------------------------------------------------------------------------
+    def _finish(self, closed: list[ClosedWindow]) -> list[dict[str, Any]]:
+        alerts = []
+        for window in closed:
+            alert = self._evaluate(window)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _evaluate(self, window: ClosedWindow) -> dict[str, Any] | None:
+        stats = compute_statistics(window.partial, self.layout)
+        tested = (
+            window.closed_by == "count" and int(window.partial.n) == self.detector.window_events
+        )
+        if tested:
+            self.detector.update(stats)
+            verdict = self.detector.verdict
+            drifted = self.detector.drifted_features
+        else:
+            verdict, drifted = {}, []
+        summary = summarise(window.partial, self.layout)
+        thresholds = _nested(self.detector.thresholds)
+        self.windows_total += 1
+        record: dict[str, Any] = {
+            "model_version": self.model_version,
+            "window": window.index,
+            "start_event": window.start_event,
+            "end_event": window.end_event,
+            "n": int(window.partial.n),
+            "closed_at": window.closed_at,
+            "closed_by": window.closed_by,
+            "first_event_time": window.partial.first_time,
+            "last_event_time": window.partial.last_time,
+            "tested": tested,
+            "dataset_drifted": bool(drifted),
+            "drifted_features": drifted,
+            "statistics": _nested(stats),
+            "thresholds": thresholds,
+            "drifted": {f: bool(verdict.get(f, {}).get("drifted", False)) for f in _nested(stats)},
+            **summary,
+        }
+        if not drifted:
+            self.latest = record
+            return None
+        self.alerts_total += 1
+        record["report_path"] = self._maybe_report(window)
+        record["verdict"] = {
+            f: {
+                "drifted": v["drifted"],
+                "statistics": {
+                    s: {**e, "ratio": e["ratio"] if math.isfinite(e["ratio"]) else None}
+                    for s, e in v["statistics"].items()
+                },
+            }
+            for f, v in verdict.items()
+            if v["drifted"]
+        }
+        record["calibration"] = dict(self.detector.calibration)
+        self.latest = record
+        return {"type": "drift_alert", **record}
+
+    def _maybe_report(self, window: ClosedWindow) -> str | None:
+        if not self.write_reports or window.rows is None or self.reference_rows is None:
+            return None
+        if window.closed_at - self._last_report_at < self.report_min_interval_seconds:
+            return None
+        self._last_report_at = window.closed_at
+        path = self.report_dir / report_name(window.closed_at)
+        if path.exists():
+            path = path.with_name(path.stem + f"_w{window.index}.html")
+        ref = self.reference_rows
+        if len(ref) > REPORT_REFERENCE_ROWS:
+            ref = ref.sample(REPORT_REFERENCE_ROWS, random_state=self.settings.seed)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-report")
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._executor.submit(_write_report, ref, window.rows, path))
+        self.reports_written += 1
+        return str(path)
+
+    def wait_for_reports(self, timeout: float | None = None) -> None:
+        """Block until the reports submitted so far are written (tests, shutdown)."""
+        for f in list(self._pending):
+            f.result(timeout=timeout)
+
+
+def _write_report(reference_rows: pd.DataFrame, window_rows: pd.DataFrame, path: Path) -> None:
+    from stream_app.reports import write_drift_report
+
+    try:
+        write_drift_report(reference_rows, window_rows, path)
+    except Exception:  # a report is a by-product: never let it break the stream
+        log.exception("drift report %s failed", path)
