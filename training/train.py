@@ -142,8 +142,8 @@ def train_and_register(
     started = time.perf_counter()
     check_target(target)
     models = check_models(models)
-    registry.require_mlflow(settings)
     data = prepare(load_source(settings.data_dir, source), target, sample, settings.seed)
+    registry.require_mlflow(settings)
     counts = data[target].value_counts()
     if len(counts) < 2 or counts.min() < max(folds, 2) * 2:
         raise UserError(
@@ -411,13 +411,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_target(args.target)
     models = args.models.split(",") if args.models else None
     check_models(models)
+    load_source(settings.data_dir, args.source)  # bad data fails before any server is involved
     server = None
     try:
         registry.require_mlflow(settings)
     except ServerUnavailable:
         if not args.start_mlflow:
             raise
-        port = settings.mlflow_port
+        port = _local_port(settings)
         server = services.mlflow_server(
             port, settings.runs_dir / "mlflow", settings.runs_dir / "logs"
         ).start()
@@ -443,3 +444,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print(summary(result, settings))
     return 0
+
+
+def _local_port(settings: Settings) -> int:
+    """The loopback port to start MLflow on: the one in the tracking URI, else mlflow_port."""
+    from urllib.parse import urlparse
+
+    uri = urlparse(settings.mlflow_tracking_uri)
+    if uri.hostname not in ("127.0.0.1", "localhost"):
+        raise UserError(
+            f"--start-mlflow starts a local server, but the tracking URI "
+            f"{settings.mlflow_tracking_uri} is not on this machine: start that server instead"
+        )
+    return uri.port or settings.mlflow_port
