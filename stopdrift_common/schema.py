@@ -171,6 +171,28 @@ def _check_number(
     return None
 
 
+_INVALID = object()
+
+
+def _lenient_loads(text: str) -> Any:
+    """Second chance for what orjson refuses: Python's ``json.dumps`` writes NaN/Infinity
+    literals (and integers beyond 64 bits), so such a producer gets the precise reason
+    (``not_finite:<field>``) instead of ``invalid_json``. Only on the error path: no cost for
+    valid messages.
+
+    >>> _lenient_loads('{"x": NaN}')
+    {'x': nan}
+    >>> _lenient_loads('{"x": ') is _INVALID
+    True
+    """
+    import json
+
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _INVALID
+
+
 def decode_message(raw: bytes | None) -> Decoded:
     """Decode one Kafka message value into valid events and rejects (never raises)."""
     out = Decoded()
@@ -188,8 +210,10 @@ def decode_message(raw: bytes | None) -> Decoded:
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError:
-        out.rejects.append(Reject("invalid_json"))
-        return out
+        obj = _lenient_loads(text)
+        if obj is _INVALID:
+            out.rejects.append(Reject("invalid_json"))
+            return out
     if isinstance(obj, list):
         out.is_array = True
         if not obj:

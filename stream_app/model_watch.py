@@ -1,0 +1,104 @@
+"""The model the worker scores with: the registry's champion, loaded at start and swapped when the
+alias moves, without a restart.
+
+- At start: retry every ``retry_seconds`` (with one log line each time) while MLflow is down or
+  there is no champion yet; the worker waits instead of crashing.
+- On a timer: ask for the champion's version; load and swap when it changed.
+- When MLflow goes away later: keep scoring with the current model and log a warning (once per
+  outage, not once per poll).
+
+Loading is blocking (MLflow client, unpickling): it runs in a thread so the event loop keeps
+heartbeating the consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from stopdrift_common.registry import Champion, champion_version, load_champion
+from stopdrift_common.settings import Settings
+
+log = logging.getLogger("stopdrift.worker")
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+class ModelWatch:
+    def __init__(
+        self,
+        settings: Settings,
+        load: Callable[[Settings, str | None], Champion] = load_champion,
+        version_of: Callable[[Settings], str | None] = champion_version,
+        retry_seconds: float = 3.0,
+    ) -> None:
+        self.settings = settings
+        self._load = load
+        self._version_of = version_of
+        self.retry_seconds = retry_seconds
+        self.current: Champion | None = None
+        self._ready: asyncio.Event | None = None
+        self._registry_down = False
+
+    @property
+    def ready(self) -> asyncio.Event:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        return self._ready
+
+    async def load_initial(self) -> Champion:
+        """Load the champion, retrying until there is one."""
+        s = self.settings
+        while self.current is None:
+            try:
+                champion = await asyncio.to_thread(self._load, s, None)
+            except Exception as exc:
+                log.warning(
+                    "no champion %s@%s from %s yet (%s); retrying in %.0f s",
+                    s.model_name,
+                    s.model_alias,
+                    s.mlflow_tracking_uri,
+                    _why(exc),
+                    self.retry_seconds,
+                )
+                await asyncio.sleep(self.retry_seconds)
+                continue
+            self.current = champion
+            log.warning("scoring with %s version %s", champion.name, champion.version)
+        self.ready.set()
+        return self.current
+
+    async def poll(self) -> Champion | None:
+        """Return the new champion when the alias moved (and swap to it), else None."""
+        if self.current is None:
+            return None  # load_initial is still trying
+        try:
+            version = await asyncio.to_thread(self._version_of, self.settings)
+            if version is None or version == self.current.version:
+                self._registry_up()
+                return None
+            champion = await asyncio.to_thread(self._load, self.settings, version)
+        except Exception as exc:
+            if not self._registry_down:
+                log.warning(
+                    "model registry unreachable (%s): still scoring with %s version %s",
+                    _why(exc),
+                    self.current.name,
+                    self.current.version,
+                )
+            self._registry_down = True
+            return None
+        self._registry_up()
+        old = self.current.version
+        self.current = champion
+        log.warning("new champion: %s version %s -> %s", champion.name, old, champion.version)
+        return champion
+
+    def _registry_up(self) -> None:
+        if self._registry_down:
+            log.warning("model registry reachable again")
+        self._registry_down = False

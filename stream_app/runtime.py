@@ -1,0 +1,138 @@
+"""What the worker does with one batch, between Kafka in and Kafka out.
+
+``WorkerRuntime.handle`` decodes and scores the batch (``outcomes.process_batch``), feeds the
+drift monitor once, sends every output through the given ``send`` coroutine (Faust's
+``app.producer.send``, which returns a delivery future), waits for all the futures once, and only
+then updates the metrics. The agent acks the batch after ``handle`` returns, so offsets are
+committed only for batches whose outcomes are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+
+from stopdrift_common.settings import Settings
+from stream_app.metrics import WorkerMetrics
+from stream_app.model_watch import ModelWatch
+from stream_app.outcomes import BatchOutcome, InMessage, process_batch
+
+log = logging.getLogger("stopdrift.worker")
+
+# send(topic, key, value) -> a future that resolves when the broker has the message
+Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+def _monitor_class():
+    """The drift monitor, when that part of the project is installed (it is optional here)."""
+    try:
+        from stream_app.monitor import DriftMonitor
+    except ImportError:
+        return None
+    return DriftMonitor
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, metrics: WorkerMetrics, watch: ModelWatch) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.watch = watch
+        self.instance = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
+        self.monitor: Any = None
+        self.batches = 0
+
+    # --- model --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        champion = await self.watch.load_initial()
+        await self._use(champion)
+
+    async def poll_model(self) -> None:
+        champion = await self.watch.poll()
+        if champion is not None:
+            await self._use(champion)
+
+    async def _use(self, champion) -> None:
+        monitor_class = _monitor_class()
+        if monitor_class is not None:
+            try:
+                if self.monitor is None:
+                    self.monitor = await asyncio.to_thread(
+                        monitor_class,
+                        champion.reference,
+                        champion.reference_rows,
+                        self.settings,
+                        champion.version,
+                        self.settings.runs_dir / "reports",
+                    )
+                else:
+                    await asyncio.to_thread(
+                        self.monitor.reset,
+                        champion.reference,
+                        champion.reference_rows,
+                        champion.version,
+                    )
+            except Exception:  # drift monitoring must not stop scoring
+                log.exception("drift monitor could not start; scoring continues without it")
+                self.monitor = None
+        self.metrics.set_model(champion.name, champion.version)
+
+    # --- batches ------------------------------------------------------------------------------
+    async def handle(self, messages: Sequence[InMessage], send: Send) -> BatchOutcome:
+        champion = self.watch.current
+        assert champion is not None, "handle() before start()"
+        topics = self.settings.topics
+        now = time.time()
+        started = time.perf_counter()
+        outcome = process_batch(
+            messages,
+            champion.model,
+            champion.classes,
+            champion.name,
+            champion.version,
+            self.instance,
+            now,
+        )
+        scoring_seconds = time.perf_counter() - started
+        futures = [await send(topics.scored, k, v) for k, v in outcome.scored]
+        futures += [await send(topics.dlq, k, v) for k, v in outcome.dlq]
+        for alert in self._drift(outcome, champion.classes):
+            futures.append(await send(topics.alerts, None, orjson.dumps(alert, default=str)))
+        await asyncio.gather(*futures)
+
+        written = time.time()
+        m = self.metrics
+        m.record_outcomes(outcome.n_scored, outcome.dlq_reasons)
+        m.batch_size.observe(outcome.n_scored + outcome.n_dlq)
+        m.scoring.observe(scoring_seconds)
+        if outcome.n_scored:
+            m.observe_latencies(written - outcome.produced_at)
+        m.last_batch.set(written)
+        self.batches += 1
+        return outcome
+
+    def _drift(self, outcome: BatchOutcome, classes: list[str]) -> list[dict[str, Any]]:
+        if self.monitor is None or not outcome.n_scored:
+            return []
+        try:
+            features = outcome.features.assign(source=[e["source"] for e in outcome.events])
+            return self.monitor.update(features, outcome.scores.proba, classes, outcome.labels)
+        except Exception:  # a drift bug must not stop scoring: log it, keep going
+            log.exception("drift monitor failed on a batch; scoring continues")
+            return []
+
+    def record_lag(
+        self, partitions: dict[int, int], highwater: Callable[[int], int | None]
+    ) -> None:
+        """``partitions``: partition -> last offset processed; ``highwater``: partition -> the
+        fetch high-watermark (the next offset to be written), or None when unknown."""
+        for partition, offset in partitions.items():
+            hw = highwater(partition)
+            if hw is not None and hw >= 0:
+                self.metrics.lag.labels(str(partition)).set(max(hw - offset - 1, 0))

@@ -1,0 +1,72 @@
+"""``stopdrift worker``: check the ports and the broker, create the topics, serve the metrics,
+then run the Faust app until SIGINT/SIGTERM.
+
+Several workers can run on one host: each needs its own ``--web-port`` and ``--metrics-port``;
+workers with the same ``--worker-id`` share the partitions of ``stops.raw`` (one consumer group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from stopdrift_common.errors import UserError
+from stopdrift_common.services import port_open
+from stopdrift_common.settings import Settings
+from stopdrift_common.topics import ensure_topics, require_broker
+
+
+def _check_port(port: int, host: str, what: str, flag: str) -> None:
+    if port_open(port, host):
+        raise UserError(
+            f"{what} port {host}:{port} is already in use (another worker?): choose another with "
+            f"{flag}"
+        )
+
+
+def build(settings: Settings):
+    """The Faust app and its runtime, metrics registered but not served (tests, benchmarks)."""
+    from stream_app.app import create_app
+    from stream_app.metrics import WorkerMetrics
+    from stream_app.model_watch import ModelWatch
+    from stream_app.runtime import WorkerRuntime
+
+    metrics = WorkerMetrics()
+    _register_drift_metrics(metrics)
+    runtime = WorkerRuntime(settings, metrics, ModelWatch(settings))
+    return create_app(settings, runtime), runtime
+
+
+def _register_drift_metrics(metrics) -> None:
+    """HOOK: the drift part exports its gauges through a collector in ``drift_metrics.py``;
+    register it on the worker's registry when it is installed."""
+    try:
+        from stream_app import drift_metrics
+    except ImportError:
+        return
+    register = getattr(drift_metrics, "register", None)
+    if register is not None:
+        metrics.drift_register = register
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    _check_port(settings.worker_web_port, settings.worker_web_host, "web", "--web-port")
+    _check_port(settings.metrics_port, settings.worker_web_host, "metrics", "--metrics-port")
+    require_broker(settings)
+    ensure_topics(settings)
+    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+
+    import faust
+
+    app, runtime = build(settings)
+    try:
+        runtime.metrics.serve(settings.metrics_port, settings.worker_web_host)
+    except OSError as exc:
+        raise UserError(
+            f"cannot serve metrics on {settings.worker_web_host}:{settings.metrics_port} ({exc}): "
+            f"choose another --metrics-port"
+        ) from None
+    logging.getLogger("stopdrift").setLevel(logging.INFO)
+    worker = faust.Worker(app, loglevel="warn", quiet=True)
+    worker.execute_from_commandline()
+    return 0

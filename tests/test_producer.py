@@ -1,0 +1,161 @@
+"""The producer's pure parts: scenarios are seeded and do what they say, event ids are stable,
+every produced event satisfies the contract, arrays pack correctly, bad --batch is one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from producers import scenarios
+from producers.events import check_batch, pack, to_events
+from producers.replay import chunks, load_tables
+from stopdrift_common.cli import main
+from stopdrift_common.errors import UserError
+from stopdrift_common.schema import MAX_ARRAY_EVENTS, NUMERIC_FEATURES, decode_message
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    from stopdrift_common.settings import PROJECT_ROOT, Settings
+
+    return load_tables(Settings(data_dir=PROJECT_ROOT / "data"))
+
+
+def replay(tables, scenario, source="state", loops=1, limit=None, chunk_events=700):
+    parts = [c for _, c in chunks(tables, scenario, source, loops, limit, chunk_events)]
+    return pd.concat(parts)
+
+
+def test_the_none_scenario_is_a_seeded_shuffle_of_the_whole_table(tables):
+    a = replay(tables, scenarios.build("none", seed=1))
+    b = replay(tables, scenarios.build("none", seed=1))
+    c = replay(tables, scenarios.build("none", seed=2))
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["_row"].equals(c["_row"])
+    assert sorted(a["_row"]) == list(range(len(tables["state"])))  # each row once per loop
+
+
+def test_each_loop_has_its_own_order_and_its_own_event_ids(tables):
+    rows = replay(tables, scenarios.build("none"), loops=2)
+    first, second = rows[rows["_loop"] == 0], rows[rows["_loop"] == 1]
+    assert len(first) == len(second) == len(tables["state"])
+    assert not first["_row"].reset_index(drop=True).equals(second["_row"].reset_index(drop=True))
+    ids = [e["event_id"] for e in to_events(rows, 0, 1.0)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_event_ids_do_not_depend_on_the_seed_or_chunking(tables):
+    a = to_events(replay(tables, scenarios.build("none", seed=1), chunk_events=100), 0, 1.0)
+    b = to_events(replay(tables, scenarios.build("none", seed=9), chunk_events=999), 0, 1.0)
+    by_id = {e["event_id"]: e for e in b}
+    for event in a[:200]:
+        twin = by_id[event["event_id"]]
+        assert {k: v for k, v in twin.items() if k != "seq"} == {
+            k: v for k, v in event.items() if k != "seq"
+        }
+
+
+def test_natural_replays_states_then_cities(tables):
+    rows = replay(tables, scenarios.build("natural"))
+    n_state = len(tables["state"])
+    assert (rows["source"].iloc[:n_state] == "state").all()
+    assert (rows["source"].iloc[n_state:] == "city").all()
+    assert len(rows) == n_state + len(tables["city"])
+
+
+def test_shift_multiplies_the_feature_from_the_given_event_on(tables):
+    base = replay(tables, scenarios.build("none"), limit=1000)
+    shifted = replay(tables, scenarios.build("shift", at=400, factor=2.0), limit=1000)
+    before, after = slice(0, 400), slice(400, 1000)
+    pd.testing.assert_frame_equal(base.iloc[before], shifted.iloc[before])
+    np.testing.assert_allclose(
+        shifted["stops_per_year"].iloc[after], 2.0 * base["stops_per_year"].iloc[after]
+    )
+
+
+def test_shift_of_a_rate_stays_in_its_valid_range(tables):
+    shifted = replay(tables, scenarios.build("shift", feature="hit_rate", factor=50.0))
+    assert shifted["hit_rate"].max() <= 1.0
+    events = to_events(shifted, 0, 1.0)
+    assert all(not decode_message(orjson.dumps(e)).rejects for e in events)
+
+
+def test_gradual_ramps_the_multiplier_in_over_the_span(tables):
+    base = replay(tables, scenarios.build("none"), limit=1000)
+    drift = replay(tables, scenarios.build("gradual", at=100, factor=3.0, span=400), limit=1000)
+    ratio = (drift["stops_per_year"] / base["stops_per_year"]).to_numpy()
+    assert np.allclose(ratio[:101], 1.0)
+    assert np.allclose(ratio[300], 2.0)
+    assert np.allclose(ratio[500:], 3.0)
+    assert np.all(np.diff(ratio) >= -1e-12)
+
+
+def test_missing_raises_the_missing_share_from_the_given_event_on(tables):
+    base = replay(tables, scenarios.build("none"))
+    blanked = replay(tables, scenarios.build("missing", at=1000, share=0.8, span=1000))
+    nums = NUMERIC_FEATURES
+    pd.testing.assert_frame_equal(base.iloc[:1000], blanked.iloc[:1000])
+    before = base[nums].iloc[2000:].isna().mean().mean()
+    after = blanked[nums].iloc[2000:].isna().mean().mean()
+    assert after > before + 0.05  # most rates are missing already; stops_per_year never is
+    assert blanked["stops_per_year"].iloc[2000:].isna().mean() == pytest.approx(0.8, abs=0.05)
+    assert blanked["stops_per_year"].iloc[:1000].notna().all()
+
+
+def test_missing_does_not_depend_on_the_chunk_size(tables):
+    a = replay(tables, scenarios.build("missing", seed=3), chunk_events=128)
+    b = replay(tables, scenarios.build("missing", seed=3), chunk_events=1000)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_limit_stops_the_replay_exactly(tables):
+    assert len(replay(tables, scenarios.build("none"), loops=3, limit=5000)) == 5000
+
+
+def test_every_replayed_event_of_both_tables_satisfies_the_contract(tables):
+    events = to_events(replay(tables, scenarios.build("natural")), 0, 1.0)
+    assert all(e[c] is None or e[c] == e[c] for e in events for c in NUMERIC_FEATURES)  # no NaN
+    for key, value, n in pack(events, batch=MAX_ARRAY_EVENTS):
+        decoded = decode_message(value)
+        assert decoded.rejects == [] and len(decoded.valid) == n
+        assert {e["state"] for e in decoded.valid} == {key.decode()}
+
+
+def test_arrays_hold_at_most_batch_events_of_one_state_in_order(tables):
+    events = to_events(replay(tables, scenarios.build("none"), limit=3000), 0, 1.0)
+    messages = list(pack(events, batch=100))
+    assert sum(n for _, _, n in messages) == 3000
+    assert max(n for _, _, n in messages) == 100
+    seqs: dict[bytes, list[int]] = {}
+    for key, value, _ in messages:
+        seqs.setdefault(key, []).extend(e["seq"] for e in orjson.loads(value))
+    assert all(s == sorted(s) for s in seqs.values())
+
+
+def test_single_event_messages_are_keyed_by_state(tables):
+    events = to_events(replay(tables, scenarios.build("none"), limit=50), 0, 1.0)
+    for (key, value, n), event in zip(pack(events, batch=1), events, strict=True):
+        assert n == 1 and key == event["state"].encode() and orjson.loads(value) == event
+
+
+def test_a_batch_over_the_contract_limit_is_a_user_error(capsys):
+    with pytest.raises(UserError, match="--batch"):
+        check_batch(MAX_ARRAY_EVENTS + 1)
+    assert main(["produce", "--batch", str(MAX_ARRAY_EVENTS + 1)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--batch" in err
+
+
+def test_an_unknown_feature_for_shift_is_a_user_error():
+    with pytest.raises(UserError, match="state"):
+        scenarios.build("shift", feature="state")
+
+
+def test_no_broker_is_a_one_line_user_error(capsys):
+    from stopdrift_common.services import free_port
+
+    code = main(["produce", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "stopdrift broker" in err
