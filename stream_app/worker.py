@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from stopdrift_common.errors import UserError
 from stopdrift_common.services import port_open
@@ -54,10 +55,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _check_port(settings.metrics_port, settings.worker_web_host, "metrics", "--metrics-port")
     require_broker(settings)
     ensure_topics(settings)
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
+    (settings.runs_dir / "faust").mkdir(parents=True, exist_ok=True)
 
+    # MLflow's download progress bars would land in the log as warnings (Faust redirects stdout).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import faust
+    import prometheus_client
 
+    prometheus_client.disable_created_metrics()  # no *_created series: half the scrape size
     app, runtime = build(settings)
     try:
         runtime.metrics.serve(settings.metrics_port, settings.worker_web_host)
