@@ -135,6 +135,23 @@ def test_a_weaker_model_is_registered_but_the_alias_stays(champion, tmp_path: Pa
 
 
 @pytest.mark.integration
+def test_a_better_model_takes_the_alias(mlflow_settings, tmp_path: Path) -> None:
+    """Same data and seed: the new holdout is inside the first champion's training rows, so the
+    champion's pipeline is refitted on the new training split for a fair comparison."""
+    from training.train import train_and_register
+
+    s = dataclasses.replace(mlflow_settings, model_name="stopdrift-promotion-test")
+    kwargs = dict(sample=400, folds=2, profile=False, echo=lambda _: None)
+    weak = train_and_register(s, models=["nb"], **kwargs)
+    assert weak.promoted  # beats the baseline, no champion yet
+    strong = train_and_register(s, models=["rf"], **kwargs)
+    assert strong.promoted, strong.decision
+    assert "refitted on this training split" in strong.decision
+    assert registry.champion_version(s) == strong.version != weak.version
+    assert strong.candidate_vs_champion["f1_macro"] > strong.champion_metrics["f1_macro"]
+
+
+@pytest.mark.integration
 def test_cli_train_starts_mlflow_when_asked(tmp_path: Path, capsys, monkeypatch) -> None:
     """End to end through the CLI on a fresh server it starts itself (and stops afterwards)."""
     port = services.free_port()

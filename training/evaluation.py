@@ -13,8 +13,10 @@
 True
 >>> decide(b, b, None).reason
 'not promoted: macro-F1 0.2222 does not beat the majority baseline 0.2222'
->>> decide(m, b, {"f1_macro": 1.0}, champion_version="3").promote
-False
+>>> decide(m, b, {"f1_macro": 1.0}, champion_version="3").reason.split(": ")[:2]
+['not promoted', 'macro-F1 beats the majority baseline but not the champion (version 3)']
+>>> decide(m, b, {"f1_macro": 0.5}, champion_version="3").promote
+True
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def _auc(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> float:
     return float(roc_auc_score(y_true, proba, multi_class="ovr", labels=classes, average="macro"))
 
 
+def auc_ovr_score(y_true: Any, y_score: Any, **_: Any) -> float:
+    """One-vs-rest macro AUC from class probabilities, as a PyCaret custom metric.
+
+    PyCaret 3.3.2's built-in AUC asks sklearn 1.4 for ``decision_function`` before
+    ``predict_proba``; for models that have one (lr, gbc, ada, lightgbm) the scores do not sum to
+    1, roc_auc_score raises and PyCaret reports 0.0."""
+    return float(roc_auc_score(y_true, y_score, multi_class="ovr", average="macro"))
+
+
+def f1_macro_score(y_true: Any, y_pred: Any, **_: Any) -> float:
+    """Macro-F1 as a PyCaret custom metric (PyCaret's own F1 is class-weighted)."""
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
 def majority_baseline(y_true: Any, majority: str, classes: list[str]) -> dict[str, float]:
     """Metrics of always predicting ``majority`` (the training split's largest class) with
     constant probabilities: AUC is 0.5 by construction."""
@@ -80,9 +96,12 @@ def decide(
     champion: dict[str, float] | None,
     champion_version: str | None = None,
     metric: str = PRIMARY_METRIC,
+    candidate_vs_champion: dict[str, float] | None = None,
+    basis: str = "the same holdout rows",
 ) -> Decision:
-    """Promote only when the candidate beats the baseline and the current champion (scored on
-    the same holdout rows) on ``metric``; ties keep the champion."""
+    """Promote only when the candidate beats the baseline and the current champion on
+    ``metric``; ties keep the champion. ``candidate_vs_champion`` holds the candidate's metrics
+    on the rows the champion was scored on (``basis``), when those are not the whole holdout."""
     name = {"f1_macro": "macro-F1"}.get(metric, metric)
     cand, base = candidate[metric], baseline[metric]
     if not cand > base:
@@ -95,18 +114,12 @@ def decide(
             f"promoted: {name} {cand:.4f} beats the majority baseline "
             f"{base:.4f} and there is no champion yet",
         )
-    champ = champion[metric]
-    if not cand > champ:
-        return Decision(
-            False,
-            f"not promoted: {name} {cand:.4f} does not beat the champion "
-            f"(version {champion_version}) {champ:.4f} on the same holdout rows",
-        )
+    mine, champ = (candidate_vs_champion or candidate)[metric], champion[metric]
+    versus = f"the champion (version {champion_version}): {mine:.4f} vs {champ:.4f} on {basis}"
+    if not mine > champ:
+        return Decision(False, f"not promoted: {name} beats the majority baseline but not {versus}")
     return Decision(
-        True,
-        f"promoted: {name} {cand:.4f} beats the majority baseline {base:.4f} "
-        f"and the champion (version {champion_version}) {champ:.4f} on the same "
-        f"holdout rows",
+        True, f"promoted: {name} {cand:.4f} beats the majority baseline {base:.4f} and {versus}"
     )
 
 

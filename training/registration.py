@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from stopdrift_common import registry
-from stopdrift_common.errors import UserError
 from stopdrift_common.settings import Settings
 
 
@@ -76,20 +75,6 @@ def log_run(
         )
     version = str(info.registered_model_version)
     return Registered(run.info.run_id, version, f"models:/{settings.model_name}/{version}")
-
-
-def champion_proba(
-    settings: Settings, features: pd.DataFrame
-) -> tuple[str, np.ndarray, list[str]] | None:
-    """The current champion's version and probabilities on ``features``, or None if there is
-    no champion yet."""
-    if registry.champion_version(settings) is None:
-        return None
-    try:
-        champ = registry.load_champion(settings)
-    except UserError:
-        return None
-    return champ.version, np.asarray(champ.model.predict_proba(features)), champ.classes
 
 
 def record_decision(

@@ -27,10 +27,13 @@ from stopdrift_common.data import load_source
 from stopdrift_common.errors import ServerUnavailable, UserError
 from stopdrift_common.settings import Settings
 from training import model_card
+from training.challenge import compare_with_champion
 from training.evaluation import (
     PRIMARY_METRIC,
+    auc_ovr_score,
     confusion_png,
     decide,
+    f1_macro_score,
     holdout_metrics,
     majority_baseline,
 )
@@ -42,7 +45,7 @@ from training.features import (
     excluded_report,
     prepare,
 )
-from training.registration import champion_proba, log_run, record_decision
+from training.registration import log_run, record_decision
 
 # Fast models with predict_proba (the stream needs class probabilities). `dummy` predicts the
 # class prior: it shows the baseline inside the comparison table.
@@ -65,7 +68,9 @@ class TrainResult:
     holdout: pd.DataFrame  # raw holdout rows, target included
     decision: str = ""
     champion_version: str | None = None  # the alias after this run
-    champion_metrics: dict[str, float] | None = None  # previous champion on the same holdout
+    champion_metrics: dict[str, float] | None = None  # previous champion, see challenge.py
+    champion_basis: str = ""  # the rows that comparison used
+    candidate_vs_champion: dict[str, float] | None = None  # the candidate on those rows
     compare: pd.DataFrame = field(default_factory=pd.DataFrame)
     best_model: str = ""
     files: list[Path] = field(default_factory=list)
@@ -182,6 +187,10 @@ def train_and_register(
         verbose=False,
         log_experiment=False,
     )
+    # Cross-validation scores the same way as the holdout (see evaluation.auc_ovr_score).
+    exp.remove_metric("auc")
+    exp.add_metric("auc", "AUC", auc_ovr_score, target="pred_proba")
+    exp.add_metric("f1_macro", "F1 (macro)", f1_macro_score)
     available = set(exp.models().index)
     unknown = [m for m in models if m not in available]
     if unknown:
@@ -190,7 +199,7 @@ def train_and_register(
             f"{', '.join(m for m in sorted(available) if m not in NO_PROBA)}"
         )
     echo(f"comparing {', '.join(models)} ({folds}-fold CV on {len(exp.X_train)} rows)...")
-    best = exp.compare_models(include=models, sort="F1", n_select=1, verbose=False)
+    best = exp.compare_models(include=models, sort="F1 (macro)", n_select=1, verbose=False)
     compare = exp.pull().copy()
     if best is None or isinstance(best, list):
         raise UserError(f"no model could be trained from {', '.join(models)}")
@@ -207,12 +216,26 @@ def train_and_register(
     majority = str(pd.Series(exp.y_train).astype(str).value_counts().sort_index().idxmax())
     baseline = majority_baseline(y_holdout, majority, classes)
 
-    previous = champion_proba(settings, holdout[MODEL_FEATURES])
-    champion_metrics = prev_version = None
-    if previous is not None:
-        prev_version, prev_proba, prev_classes = previous
-        champion_metrics = holdout_metrics(y_holdout, prev_proba, prev_classes)
-    decision = decide(metrics, baseline, champion_metrics, prev_version)
+    versus = compare_with_champion(
+        settings,
+        holdout,
+        candidate_proba,
+        classes,
+        target,
+        exp.X_train,
+        pd.Series(exp.y_train),
+        class_order,
+    )
+    champion_metrics = versus.champion if versus else None
+    prev_version = versus.version if versus else None
+    decision = decide(
+        metrics,
+        baseline,
+        champion_metrics,
+        prev_version,
+        candidate_vs_champion=versus.candidate if versus else None,
+        basis=versus.basis if versus else "",
+    )
 
     # Files: pickle (PyCaret format), comparison table, confusion matrix, profile.
     pkl_path = Path(exp.save_model(final, str(out_dir / PKL_STEM), verbose=False)[1])
@@ -260,6 +283,8 @@ def train_and_register(
                 "baseline": baseline,
                 "previous_champion": champion_metrics,
                 "previous_champion_version": prev_version,
+                "champion_comparison_rows": versus.basis if versus else None,
+                "candidate_on_those_rows": versus.candidate if versus else None,
                 "decision": decision.reason,
             },
             indent=2,
@@ -335,6 +360,7 @@ def train_and_register(
         "decision_reason": decision.reason,
         "decision_metric": PRIMARY_METRIC,
         "compared_with_version": prev_version or "none",
+        "compared_on": versus.basis if versus else "no champion",
         "best_model": best_name,
         "source": source,
     }
@@ -352,6 +378,8 @@ def train_and_register(
         decision=decision.reason,
         champion_version=alias_now,
         champion_metrics=champion_metrics,
+        champion_basis=versus.basis if versus else "",
+        candidate_vs_champion=versus.candidate if versus else None,
         compare=compare,
         best_model=best_name,
         files=[pkl_path, compare_csv, cm_png, metrics_json, card_path, *profiles],
@@ -376,7 +404,7 @@ def summary(result: TrainResult, settings: Settings) -> str:
     """What the user reads at the end of ``stopdrift train``."""
     cols = [
         c
-        for c in ["Model", "Accuracy", "AUC", "F1", "Kappa", "TT (Sec)"]
+        for c in ["Model", "Accuracy", "AUC", "F1 (macro)", "F1", "Kappa", "TT (Sec)"]
         if c in result.compare.columns
     ]
     keys = ["accuracy", "f1_macro", "auc_ovr"] + [f"recall_{c}" for c in result.classes]
@@ -387,10 +415,8 @@ def summary(result: TrainResult, settings: Settings) -> str:
         },
         index=keys,
     )
-    if result.champion_metrics:
-        table["previous champion"] = [result.champion_metrics.get(k, np.nan) for k in keys]
     lines = [
-        "Model comparison (cross-validation on the training split; F1 is PyCaret's weighted F1):",
+        "Model comparison (cross-validation on the training split, sorted by macro-F1):",
         result.compare[cols].to_string(float_format=lambda v: f"{v:.4f}"),
         "",
         f"Holdout ({len(result.holdout)} rows) of the best model, {result.best_model}:",
@@ -398,6 +424,7 @@ def summary(result: TrainResult, settings: Settings) -> str:
         "",
         f"Registered {result.model_name} version {result.version} (run {result.run_id}) at "
         f"{settings.mlflow_tracking_uri}",
+        *_versus_lines(result),
         f"Decision: {result.decision}",
         f"Alias {settings.model_alias} -> version {result.champion_version}",
         "Files:",
@@ -405,6 +432,19 @@ def summary(result: TrainResult, settings: Settings) -> str:
         f"Elapsed: {result.elapsed_seconds:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def _versus_lines(result: TrainResult) -> list[str]:
+    if not result.champion_metrics or not result.candidate_vs_champion:
+        return []
+    mine, theirs = result.candidate_vs_champion, result.champion_metrics
+    return [
+        f"Against the previous champion, on {result.champion_basis}:",
+        *[
+            f"  {k:<9} candidate {mine[k]:.4f}  champion {theirs[k]:.4f}"
+            for k in ("accuracy", "f1_macro", "auc_ovr")
+        ],
+    ]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
