@@ -53,22 +53,20 @@ def _key(event: dict[str, Any]) -> bytes:
 
 
 def pack(events: list[dict[str, Any]], batch: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """(key, value, number of events) messages.
+    """(key, value, number of events) messages, in replay order.
 
-    ``batch == 1``: one JSON object per message keyed by its state. ``batch > 1``: JSON arrays
-    of up to ``batch`` events of one state each (so a location's
-    events stay in one partition, in order), keyed by that state."""
+    ``batch == 1``: one JSON object per message keyed by its state, so a location's events stay
+    in one partition, in order. ``batch > 1``: JSON arrays of ``batch`` consecutive events keyed
+    by the first event's state. Arrays are not grouped by state on purpose: a drift window would
+    then hold one state at a time and the monitor would rightly call that drift.
+    """
     if batch == 1:
         for event in events:
             yield _key(event), orjson.dumps(event), 1
         return
-    by_state: dict[bytes, list[dict[str, Any]]] = {}
-    for event in events:
-        by_state.setdefault(_key(event), []).append(event)
-    for key, group in by_state.items():
-        for i in range(0, len(group), batch):
-            part = group[i : i + batch]
-            yield key, orjson.dumps(part), len(part)
+    for i in range(0, len(events), batch):
+        part = events[i : i + batch]
+        yield _key(part[0]), orjson.dumps(part), len(part)
 
 
 def count_events(n_rows: int, loops: int, limit: int | None) -> int:

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if batch > 1:
             chunk_events = max(chunk_events, batch)
     else:
-        chunk_events = max(FAST_CHUNK_EVENTS, 40 * batch)
+        chunk_events = max(FAST_CHUNK_EVENTS, 10 * batch)
 
     from tqdm import tqdm
 

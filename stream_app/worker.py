@@ -33,21 +33,19 @@ def build(settings: Settings):
     from stream_app.runtime import WorkerRuntime
 
     metrics = WorkerMetrics()
-    _register_drift_metrics(metrics)
     runtime = WorkerRuntime(settings, metrics, ModelWatch(settings))
+    _register_drift_metrics(metrics, runtime)
     return create_app(settings, runtime), runtime
 
 
-def _register_drift_metrics(metrics) -> None:
-    """HOOK: the drift part exports its gauges through a collector in ``drift_metrics.py``;
-    register it on the worker's registry when it is installed."""
+def _register_drift_metrics(metrics, runtime) -> None:
+    """The drift part exports its gauges through a collector that reads the monitor on each
+    scrape; the runtime replaces nothing but resets its monitor on a new champion."""
     try:
-        from stream_app import drift_metrics
-    except ImportError:
+        from stream_app.drift_metrics import DriftCollector
+    except ImportError:  # drift monitoring not installed: scoring metrics only
         return
-    register = getattr(drift_metrics, "register", None)
-    if register is not None:
-        metrics.drift_register = register
+    metrics.registry.register(DriftCollector(lambda: runtime.monitor))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
