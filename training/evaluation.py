@@ -135,7 +135,8 @@ def confusion_png(y_true: Any, predicted: Any, classes: list[str], path: Path, t
     path.parent.mkdir(parents=True, exist_ok=True)
     # Importing PyCaret sets font.sans-serif to fonts this machine lacks (one warning per glyph);
     # matplotlib's bundled DejaVu Sans is always there.
-    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"]}):
+    style = {"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "axes.grid": False}
+    with plt.rc_context(style):
         _draw(cm, shares, classes, title, path)
     return path
 

@@ -27,6 +27,7 @@ def render(
     seed: int,
     folds: int,
     sample: int | None,
+    missing_shares: Mapping[str, float],
 ) -> str:
     rows = [
         f"| {label} | {metrics[key]:.3f} | {baseline[key]:.3f} |"
@@ -36,8 +37,9 @@ def render(
         f"| recall of {c} | {metrics[f'recall_{c}']:.3f} | {baseline[f'recall_{c}']:.3f} |"
         for c in classes
     ]
-    excluded = "\n".join(f"- `{col}`: {why}" for col, why in EXCLUDED_COLUMNS.items())
+    excluded = "\n".join(f"  - `{col}`: {why}" for col, why in EXCLUDED_COLUMNS.items())
     counts = ", ".join(f"{c}: {n}" for c, n in class_counts.items())
+    missing = ", ".join(f"`{c}` {share:.0%}" for c, share in missing_shares.items())
     sampled = f"a stratified sample of at most {sample} rows per source" if sample else "all rows"
     return f"""# Model card: {model_name} (version {version or "unregistered"})
 
@@ -76,9 +78,9 @@ make or support decisions about individuals.
 ## Limitations
 - Rows are aggregates (location x race group), not individual stops: the model has never seen a
   person and says nothing about one.
-- `search_rate`, `hit_rate` and `inferred_threshold` are missing for most rows (about 83% in the
-  state table); they are imputed with training means, so for most rows the model relies on
-  `state` and `stops_per_year`, and the missingness pattern itself carries signal.
+- Missing values in the training rows: {missing}. They are imputed with training means, so
+  for most rows the model relies on `state` and `stops_per_year`; where the rates are missing
+  depends on the state's data, so missingness itself carries signal.
 - State and city tables differ in distribution (and the city table covers other places): a model
   trained on one source is shifted on the other; the stream reports this as drift.
 - Three groups only (black, hispanic, white); other groups in the OPP data are not modelled.

@@ -349,6 +349,7 @@ def train_and_register(
             seed=settings.seed,
             folds=folds,
             sample=sample,
+            missing_shares=data[NUMERIC_FEATURES].isna().mean().to_dict(),
         )
     )
     registry.client(settings).log_artifact(registered.run_id, str(card_path), "model_card")
