@@ -24,6 +24,11 @@ MONITORED_CATEGORICAL = [*CATEGORICAL_FEATURES, "source", "predicted"]
 
 def _columns(reference_rows: pd.DataFrame, window_rows: pd.DataFrame) -> tuple[list, list]:
     both = set(reference_rows.columns) & set(window_rows.columns)
+
+    def has_values(c: str) -> bool:  # Evidently refuses a column that is empty on either side
+        return bool(reference_rows[c].notna().any() and window_rows[c].notna().any())
+
+    both = {c for c in both if has_values(c)}
     num = [c for c in NUMERIC_FEATURES if c in both]
     cat = [c for c in MONITORED_CATEGORICAL if c in both]
     return num, cat
