@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +103,7 @@ class DriftMonitor:
         self._last_report_at = -math.inf
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._lock = threading.Lock()  # reset may run in a thread while the loop calls update
         self.reset(reference, reference_rows, model_version)
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -109,13 +111,13 @@ class DriftMonitor:
         self, reference: dict[str, Any], reference_rows: pd.DataFrame | None, model_version: str
     ) -> None:
         """Start over for a new champion: new bins, recalibrated thresholds, the open window
-        dropped (its predictions came from the old model). Lifetime counters are kept."""
-        self.reference = reference
-        self.reference_rows = reference_rows
-        self.model_version = str(model_version)
-        self.layout = Layout.from_reference(reference, reference_rows)
-        self.detector = CalibratedDetector(
-            self.layout,
+        dropped (its predictions came from the old model). Lifetime counters are kept.
+
+        Safe to call from another thread while ``update`` runs: the calibration (about half a
+        second) is done first, then the new state is swapped in under a lock."""
+        layout = Layout.from_reference(reference, reference_rows)
+        detector = CalibratedDetector(
+            layout,
             reference_rows,
             window_events=self.settings.window_events,
             false_alarm_rate=self.settings.false_alarm_rate,
@@ -124,9 +126,14 @@ class DriftMonitor:
             seed=self.settings.seed,
         )
         keep_rows = self.write_reports and reference_rows is not None
-        self.windows = TumblingWindows(
+        windows = TumblingWindows(
             self.settings.window_events, self.max_window_seconds, keep_rows=keep_rows
         )
+        with self._lock:
+            self.reference = reference
+            self.reference_rows = reference_rows
+            self.model_version = str(model_version)
+            self.layout, self.detector, self.windows = layout, detector, windows
 
     def close(self, wait: bool = True) -> None:
         """Let pending reports finish (or not) and stop the report thread."""
@@ -152,19 +159,21 @@ class DriftMonitor:
         elsewhere); ``times``: optional event times (seconds), kept as the window's span.
         """
         now = time.time() if now is None else now
-        rows = None
-        if self.windows.keep_rows:
-            aligned = align_proba(proba, classes, self.layout)
-            predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
-            rows = features.reset_index(drop=True).assign(predicted=predicted)
-        closed = self.windows.add(
-            features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
-        )
-        return self._finish(closed)
+        with self._lock:
+            rows = None
+            if self.windows.keep_rows:
+                aligned = align_proba(proba, classes, self.layout)
+                predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
+                rows = features.reset_index(drop=True).assign(predicted=predicted)
+            closed = self.windows.add(
+                features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
+            )
+            return self._finish(closed)
 
     def tick(self, now: float | None = None) -> list[dict[str, Any]]:
         """For a timer: close the open window when ``max_window_seconds`` has passed."""
-        return self._finish(self.windows.tick(now))
+        with self._lock:
+            return self._finish(self.windows.tick(now))
 
     def partial_for_batch(
         self,
@@ -190,7 +199,8 @@ class DriftMonitor:
         """Add counts made elsewhere (a partial or its ``to_dict``) as one unit."""
         if isinstance(partial, dict):
             partial = WindowPartial.from_dict(partial)
-        return self._finish(self.windows.add_partial(partial, now))
+        with self._lock:
+            return self._finish(self.windows.add_partial(partial, now))
 
     # --- closing windows ------------------------------------------------------------------------
     def _finish(self, closed: list[ClosedWindow]) -> list[dict[str, Any]]:
