@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -204,6 +205,8 @@ def train_and_register(
     if best is None or isinstance(best, list):
         raise UserError(f"no model could be trained from {', '.join(models)}")
     best_name = str(compare.iloc[0]["Model"])
+    if type(best).__name__ == "LGBMClassifier":
+        best.set_params(verbose=-1)  # its refits below would print "[LightGBM] [Info]" lines
 
     # Holdout: PyCaret's stratified test split, never seen by compare_models.
     holdout = data.loc[exp.X_test.index].copy()
@@ -449,6 +452,7 @@ def _versus_lines(result: TrainResult) -> list[str]:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep output readable
     check_target(args.target)
     models = args.models.split(",") if args.models else None
     check_models(models)
