@@ -208,6 +208,7 @@ def test_mlflow_not_running_fails_fast_naming_the_fix(tmp_path: Path, capsys) ->
     [
         (["--target", "stop_rate"], "unknown target 'stop_rate': choose one of subject_race"),
         (["--models", "lr,ridge"], "ridge give no class probabilities"),
+        (["--folds", "1"], "cross-validation needs at least 2 folds"),
     ],
 )
 def test_bad_train_options_give_one_line(tmp_path: Path, capsys, flags, message) -> None:

@@ -92,6 +92,12 @@ def check_models(models: list[str] | None) -> list[str]:
     return chosen
 
 
+def check_folds(folds: int) -> int:
+    if folds < 2:
+        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    return folds
+
+
 def class_order(pipeline: Any, X: pd.DataFrame) -> list[str]:
     """Class names in the order of ``pipeline.predict_proba`` columns.
 
@@ -148,6 +154,7 @@ def train_and_register(
     started = time.perf_counter()
     check_target(target)
     models = check_models(models)
+    check_folds(folds)
     data = prepare(load_source(settings.data_dir, source), target, sample, settings.seed)
     registry.require_mlflow(settings)
     counts = data[target].value_counts()
@@ -456,6 +463,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_target(args.target)
     models = args.models.split(",") if args.models else None
     check_models(models)
+    check_folds(args.folds)
     load_source(settings.data_dir, args.source)  # bad data fails before any server is involved
     server = None
     try:
