@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from stopdrift_common import services
@@ -36,5 +37,12 @@ def run_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _wait(server: services.Service) -> None:
+    # SIGTERM (kill, a script's cleanup) must stop the server too, not only this wrapper: turn it
+    # into SystemExit so the `with` block stops the child process group.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     while server.proc is not None and server.proc.poll() is None:
         time.sleep(0.5)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
