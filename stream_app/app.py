@@ -9,6 +9,7 @@ gather per batch.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def faust_settings(settings: Settings) -> dict:
         stream_buffer_maxsize=16384,
         producer_linger=0.01,
         producer_max_request_size=2 * 1024 * 1024,
+        producer_max_batch_size=1024 * 1024,  # BatchWriter fills one batch per partition
         topic_partitions=settings.partitions,
         web_bind=settings.worker_web_host,  # never 0.0.0.0 by default
         web_host=settings.worker_web_host,
@@ -44,10 +46,75 @@ def faust_settings(settings: Settings) -> dict:
     )
 
 
+FETCH_MAX_WAIT_MS = 50
+
+
+def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
+    """Faust hard-codes the consumer's ``fetch_max_wait_ms=1500``, and Tansu holds a fetch for
+    that long even when data is waiting: measured produced->scored p50 546 ms / p99 937 ms at
+    1,000 events/s. Lower it on every consumer Faust creates in this process (before start)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "stopdrift_fetch_wait", None) == ms:
+        return
+    base = getattr(original, "stopdrift_original", original)
+
+    def create(self, transport):
+        consumer = base(self, transport)
+        consumer._fetch_max_wait_ms = ms  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    create.stopdrift_fetch_wait = ms
+    create.stopdrift_original = base
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create
+
+
+class BatchWriter:
+    """Writes a batch's outputs as produce batches: one aiokafka ``BatchBuilder`` per
+    (topic, partition), one delivery future each, gathered once.
+
+    Sending each output with ``app.producer.send`` costs a future and an accumulator append per
+    message (~30 us); with 2,000 outputs a batch that was the largest cost after Faust itself.
+    Keys are partitioned like the default partitioner (murmur2), so an event's output lands in
+    the same partition as any other output with the same key."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def write(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
+        if not outputs:
+            return
+        producer = self.app.producer._producer  # the aiokafka producer Faust started
+        by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        for topic in {t for t, _, _ in outputs}:
+            await producer.partitions_for(topic)  # metadata, once per topic
+        for topic, key, value in outputs:
+            partition = producer._partition(topic, None, None, None, key, value)
+            by_tp.setdefault((topic, partition), []).append((key, value))
+        futures = []
+        for (topic, partition), messages in by_tp.items():
+            batch = producer.create_batch()
+            for key, value in messages:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.record_count():
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        # larger than a whole batch: let the producer size its own request
+                        futures.append(await producer.send(topic, value, key, partition))
+                        batch = producer.create_batch()
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
+
 def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
+    limit_fetch_wait()
     app = faust.App(settings.worker_id, **faust_settings(settings))
 
     raw = app.topic(settings.topics.raw, key_serializer="raw", value_serializer="raw")
+    writer = BatchWriter(app)
 
     @app.agent(raw, name="score")
     async def score(stream):
@@ -63,12 +130,9 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
                 m = event.message
                 messages.append(InMessage(m.value, m.key, m.topic, m.partition, m.offset))
                 last_offsets[m.partition] = m.offset
-            await runtime.handle(messages, send)
+            await runtime.handle(messages, writer.write)
             runtime.record_lag(last_offsets, highwater)
             # take_events acks the whole batch when this iteration ends: after the outputs.
-
-    async def send(topic: str, key: bytes | None, value: bytes):
-        return await app.producer.send(topic, key, value, None, None, None)
 
     def highwater(partition: int) -> int | None:
         try:

@@ -1,10 +1,10 @@
 """What the worker does with one batch, between Kafka in and Kafka out.
 
 ``WorkerRuntime.handle`` decodes and scores the batch (``outcomes.process_batch``), feeds the
-drift monitor once, sends every output through the given ``send`` coroutine (Faust's
-``app.producer.send``, which returns a delivery future), waits for all the futures once, and only
-then updates the metrics. The agent acks the batch after ``handle`` returns, so offsets are
-committed only for batches whose outcomes are written.
+drift monitor once, hands every output to the given ``write`` coroutine (``app.py``: produce
+batches, one delivery future per partition, gathered once), and only then updates the
+metrics. The agent acks the batch after ``handle`` returns, so offsets are committed only for
+batches whose outcomes are written.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from stream_app.outcomes import BatchOutcome, InMessage, process_batch
 
 log = logging.getLogger("stopdrift.worker")
 
-# send(topic, key, value) -> a future that resolves when the broker has the message
-Send = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+# write([(topic, key, value), ...]) returns once the broker has every message (raises if not)
+Write = Callable[[list[tuple[str, bytes | None, bytes]]], Awaitable[None]]
 
 
 def _monitor_class():
@@ -84,7 +84,7 @@ class WorkerRuntime:
         self.metrics.set_model(champion.name, champion.version)
 
     # --- batches ------------------------------------------------------------------------------
-    async def handle(self, messages: Sequence[InMessage], send: Send) -> BatchOutcome:
+    async def handle(self, messages: Sequence[InMessage], write: Write) -> BatchOutcome:
         champion = self.watch.current
         assert champion is not None, "handle() before start()"
         topics = self.settings.topics
@@ -100,11 +100,11 @@ class WorkerRuntime:
             now,
         )
         scoring_seconds = time.perf_counter() - started
-        futures = [await send(topics.scored, k, v) for k, v in outcome.scored]
-        futures += [await send(topics.dlq, k, v) for k, v in outcome.dlq]
+        outputs = [(topics.scored, k, v) for k, v in outcome.scored]
+        outputs += [(topics.dlq, k, v) for k, v in outcome.dlq]
         for alert in self._drift(outcome, champion.classes):
-            futures.append(await send(topics.alerts, None, orjson.dumps(alert, default=str)))
-        await asyncio.gather(*futures)
+            outputs.append((topics.alerts, None, orjson.dumps(alert, default=str)))
+        await write(outputs)
 
         written = time.time()
         m = self.metrics
