@@ -58,7 +58,9 @@ GOALS = {
 def bare_faust(bootstrap: str, out_path: str, web_port: int) -> None:
     import faust
 
-    from stream_app.app import faust_settings
+    from stream_app.app import faust_settings, limit_fetch_wait
+
+    limit_fetch_wait()  # the same consumer settings as the worker
 
     settings = Settings(
         kafka_bootstrap_servers=bootstrap,
@@ -86,7 +88,7 @@ def bare_faust(bootstrap: str, out_path: str, web_port: int) -> None:
     faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
 
 
-# --- helpers ---------------------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------------
 def rate_from_batches(times: np.ndarray, sizes: np.ndarray) -> float:
     """Events after the first batch / time from the first batch to the last."""
     order = np.argsort(times)
@@ -397,7 +399,8 @@ def table(results: dict[str, Any]) -> str:
         ),
         (
             "latency at 1,000 ev/s",
-            f"p50 {results['latency']['p50_s'] * 1000:.0f} ms, p99 {c['latency_p99_s'] * 1000:.0f} ms",
+            f"p50 {results['latency']['p50_s'] * 1000:.0f} ms, "
+            f"p99 {c['latency_p99_s'] * 1000:.0f} ms",
             f"p99 < {GOALS['latency_p99_s'] * 1000:.0f} ms",
         ),
         (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import faust
@@ -47,6 +48,7 @@ def faust_settings(settings: Settings) -> dict:
 
 
 FETCH_MAX_WAIT_MS = 50
+HANDLE_ATTEMPTS = 8  # about 2.5 minutes of retries
 
 
 def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
@@ -130,9 +132,31 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
                 m = event.message
                 messages.append(InMessage(m.value, m.key, m.topic, m.partition, m.offset))
                 last_offsets[m.partition] = m.offset
-            await runtime.handle(messages, writer.write)
+            await handle_or_exit(messages)
             runtime.record_lag(last_offsets, highwater)
             # take_events acks the whole batch when this iteration ends: after the outputs.
+
+    async def handle_or_exit(messages: list[InMessage]) -> None:
+        """Retry a batch whose outputs could not be written (broker away); if it keeps failing,
+        exit at once. An exception must not leave the loop: ``take_events`` would then ack the
+        batch in its ``finally`` and its offsets could be committed without outcomes."""
+        for attempt in range(1, HANDLE_ATTEMPTS + 1):
+            try:
+                await runtime.handle(messages, writer.write)
+                return
+            except Exception as exc:
+                wait = min(2.0**attempt, 30.0)
+                log.error(
+                    "batch of %d messages failed (attempt %d/%d: %r); retrying in %.0f s",
+                    len(messages),
+                    attempt,
+                    HANDLE_ATTEMPTS,
+                    exc,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+        log.critical("giving up on the batch: exiting without committing its offsets")
+        os._exit(3)  # a supervisor restarts the worker; the batch is read again
 
     def highwater(partition: int) -> int | None:
         try:
