@@ -14,7 +14,9 @@ each categorical      ``chi_square`` (known categories), ``unseen`` (share)
 ====================  ===============================================================
 
 ``CalibratedDetector`` sets one threshold per statistic from B windows of the same size drawn
-(with replacement, seeded) from the reference rows: the null distribution of each statistic for
+(with replacement, seeded) from the reference rows, each compared with a resampled copy of the
+reference (``null_statistics``: the reference is a sample too, and its own noise matters when
+the stream brings new rows of the same population): the null distribution of each statistic for
 "nothing changed". With m statistics and a target false-alarm rate ``alpha`` per window, each
 threshold is the (1 - alpha/m) quantile (Bonferroni: P(any false alarm) <= alpha). Those
 quantiles lie far beyond what B draws resolve (alpha/m is about 5e-5 for the defaults), so the
@@ -51,37 +53,105 @@ from stream_app.windows import Layout, WindowPartial
 Key = tuple[str, str]
 DEFAULT_BOOTSTRAP = 10000
 TAIL_FRACTION = 0.01  # share of bootstrap draws the exponential tail is fitted on
+N_REFERENCES = 200  # resampled references the null windows are compared with
 
 
 # --- statistics of windows ----------------------------------------------------------------------
-def compute_statistics(partial: WindowPartial, layout: Layout) -> dict[Key, Any]:
-    """The tested statistics of one window (floats) or of stacked windows (arrays of W)."""
+def compute_statistics(
+    partial: WindowPartial, layout: Layout, reference: WindowPartial | None = None
+) -> dict[Key, Any]:
+    """The tested statistics of one window (floats) or of stacked windows (arrays of W).
+
+    ``reference``: counts to compare against instead of the layout's shares (the calibration
+    passes one resampled reference per window, to include the reference's own sampling error).
+    """
     out: dict[Key, Any] = {}
     n = np.asarray(partial.n, dtype=float)
+    ref_n = None if reference is None else np.asarray(reference.n, dtype=float)
     for name, spec in layout.numeric.items():
         bins = partial.num_bins[name]
         present = bins.sum(axis=-1)
-        out[(name, "psi")] = st.psi(spec.proportions, bins)
-        out[(name, "wasserstein")] = st.wasserstein_binned(spec.proportions, bins)
+        props = spec.proportions if reference is None else reference.num_bins[name]
+        ref_missing = (
+            spec.missing_share
+            if reference is None
+            else st.missing_share(reference.num_missing[name], ref_n)
+        )
+        out[(name, "psi")] = st.psi(props, bins)
+        out[(name, "wasserstein")] = st.wasserstein_binned(props, bins)
         out[(name, "missing")] = np.abs(
-            st.missing_share(partial.num_missing[name], n) - spec.missing_share
+            st.missing_share(partial.num_missing[name], n) - ref_missing
         )
         out[(name, "out_of_range")] = st.out_of_range_share(partial.num_out_of_range[name], present)
     for name, spec in layout.categorical.items():
         counts = partial.cat_counts[name]
         known = counts[..., :-1]
-        out[(name, "chi_square")] = st.chi_square(spec.shares, known)
+        shares = spec.shares if reference is None else reference.cat_counts[name][..., :-1]
+        out[(name, "chi_square")] = st.chi_square(shares, known)
         out[(name, "unseen")] = st.unseen_share(counts[..., -1], counts.sum(axis=-1))
+    pred_ref = layout.prediction_shares if reference is None else reference.pred_counts
     out[("prediction", "share_distance")] = st.prediction_share_distance(
-        layout.prediction_shares, partial.pred_counts
+        pred_ref, partial.pred_counts
     )
     if layout.mean_confidence is not None:
-        out[("confidence", "drop")] = st.confidence_drop(
-            float(layout.mean_confidence), partial.sum_max_proba, n
+        ref_conf = (
+            float(layout.mean_confidence)
+            if reference is None
+            else st.estimated_accuracy(reference.sum_max_proba, ref_n)
         )
+        out[("confidence", "drop")] = st.confidence_drop(ref_conf, partial.sum_max_proba, n)
     if np.ndim(n) == 0:
         return {k: float(v) for k, v in out.items()}
     return out
+
+
+def _tile(partial: WindowPartial, reps: int, total: int) -> WindowPartial:
+    """Repeat stacked partials along the window axis up to ``total`` windows."""
+
+    def t(x: Any) -> Any:
+        return np.concatenate([x] * reps, axis=0)[:total]
+
+    return WindowPartial(
+        n=t(partial.n),
+        num_bins={k: t(v) for k, v in partial.num_bins.items()},
+        num_missing={k: t(v) for k, v in partial.num_missing.items()},
+        num_out_of_range={k: t(v) for k, v in partial.num_out_of_range.items()},
+        cat_counts={k: t(v) for k, v in partial.cat_counts.items()},
+        cat_missing={k: t(v) for k, v in partial.cat_missing.items()},
+        pred_counts=t(partial.pred_counts),
+        sum_max_proba=t(partial.sum_max_proba),
+        labelled=t(partial.labelled),
+        correct=t(partial.correct),
+    )
+
+
+def null_statistics(
+    layout: Layout,
+    reference_rows: pd.DataFrame | None,
+    window_events: int,
+    n_windows: int,
+    seed: int,
+    n_references: int = N_REFERENCES,
+) -> dict[Key, np.ndarray]:
+    """Statistics of ``n_windows`` windows under "nothing changed".
+
+    The live statistic compares a window of the CURRENT population with a FIXED reference that
+    is itself a sample of that population, so its null distribution has two sources of noise:
+    the window's and the reference's. The bootstrap reproduces both: windows are drawn from the
+    reference rows, and each is compared with one of ``n_references`` resampled references of
+    the reference's size (not with the reference itself, which would leave out the second
+    source and let a stream of new rows from the same population alarm too often).
+    """
+    rng = np.random.default_rng(seed)
+    window_seed, ref_seed = (int(x) for x in rng.integers(0, 2**31, size=2))
+    windows = bootstrap_windows(layout, reference_rows, window_events, n_windows, window_seed)
+    size = len(reference_rows) if reference_rows is not None else (layout.n_rows or 0)
+    if size <= 0 or n_references <= 0:
+        return compute_statistics(windows, layout)
+    n_refs = min(n_references, n_windows)
+    refs = bootstrap_windows(layout, reference_rows, size, n_refs, ref_seed)
+    refs = _tile(refs, -(-n_windows // n_refs), n_windows)
+    return compute_statistics(windows, layout, refs)
 
 
 def summarise(partial: WindowPartial, layout: Layout) -> dict[str, Any]:
@@ -131,15 +201,22 @@ def bootstrap_windows(
     window_events: int,
     n_windows: int,
     seed: int,
+    replace: bool = True,
 ) -> WindowPartial:
     """``n_windows`` stacked windows of ``window_events`` events drawn with replacement from the
-    reference rows (or, without rows, multinomial counts from the reference shares)."""
+    reference rows (or, without rows, multinomial counts from the reference shares). With
+    ``replace=False`` each window is a random subset of distinct rows."""
     rng = np.random.default_rng(seed)
     b, n = n_windows, window_events
     if reference_rows is None or len(reference_rows) == 0:
         return _multinomial_windows(layout, b, n, rng)
     rows = reference_rows
-    idx = rng.integers(0, len(rows), size=(b, n))
+    if replace:
+        idx = rng.integers(0, len(rows), size=(b, n))
+    else:
+        if n > len(rows):
+            raise ValueError(f"cannot draw {n} distinct rows from {len(rows)}")
+        idx = np.argsort(rng.random((b, len(rows))), axis=1)[:, :n]
     classes = list(layout.classes)
     proba_cols = [f"proba_{c}" for c in classes]
     if all(c in rows for c in proba_cols):
@@ -281,8 +358,7 @@ class CalibratedDetector:
         self.persistence = persistence
         self.n_bootstrap = n_bootstrap
         self.seed = seed
-        null = bootstrap_windows(layout, reference_rows, window_events, n_bootstrap, seed)
-        stats = compute_statistics(null, layout)
+        stats = null_statistics(layout, reference_rows, window_events, n_bootstrap, seed)
         if reference_rows is None:  # no probabilities to draw: confidence not testable
             stats.pop(("confidence", "drop"), None)
         m = len(stats)

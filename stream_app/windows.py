@@ -84,6 +84,7 @@ class Layout:
     prediction_shares: np.ndarray
     mean_confidence: float | None
     accuracy: float | None
+    n_rows: int | None = None  # reference rows the shares were computed on
 
     @classmethod
     def from_reference(
@@ -126,6 +127,7 @@ class Layout:
             prediction_shares=np.asarray([float(pshares.get(c, 0.0)) for c in classes]),
             mean_confidence=reference.get("mean_confidence"),
             accuracy=reference.get("accuracy"),
+            n_rows=reference.get("n_rows"),
         )
 
 
