@@ -17,7 +17,7 @@ from pathlib import Path
 import faust
 
 from stopdrift_common.settings import Settings
-from stream_app.outcomes import InMessage
+from stream_app.outcomes import InMessage, split_by_size
 from stream_app.runtime import WorkerRuntime
 
 log = logging.getLogger("stopdrift.worker")
@@ -37,7 +37,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_rebalance_timeout=12,
         broker_max_poll_records=5000,
         stream_buffer_maxsize=16384,
-        producer_linger=0.01,
+        producer_linger=0.0,  # outputs go out as whole batches (BatchWriter): no need to wait
         producer_max_request_size=2 * 1024 * 1024,
         producer_max_batch_size=1024 * 1024,  # BatchWriter fills one batch per partition
         topic_partitions=settings.partitions,
@@ -49,6 +49,7 @@ def faust_settings(settings: Settings) -> dict:
 
 FETCH_MAX_WAIT_MS = 50
 HANDLE_ATTEMPTS = 8  # about 2.5 minutes of retries
+MAX_HANDLE_BYTES = 2_000_000  # about 5,000 events per scoring call
 
 
 def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
@@ -132,7 +133,8 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
                 m = event.message
                 messages.append(InMessage(m.value, m.key, m.topic, m.partition, m.offset))
                 last_offsets[m.partition] = m.offset
-            await handle_or_exit(messages)
+            for group in split_by_size(messages, MAX_HANDLE_BYTES):
+                await handle_or_exit(group)
             runtime.record_lag(last_offsets, highwater)
             # take_events acks the whole batch when this iteration ends: after the outputs.
 
