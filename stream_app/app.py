@@ -49,7 +49,7 @@ def faust_settings(settings: Settings) -> dict:
 
 FETCH_MAX_WAIT_MS = 50
 HANDLE_ATTEMPTS = 8  # about 2.5 minutes of retries
-MAX_HANDLE_BYTES = 2_000_000  # about 5,000 events per scoring call
+MAX_HANDLE_BYTES = 8_000_000  # about 20,000 events per scoring call
 
 
 def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
