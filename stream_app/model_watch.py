@@ -17,7 +17,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from stopdrift_common.registry import Champion, champion_version, load_champion
+from stopdrift_common.registry import (
+    Champion,
+    champion_version,
+    load_champion,
+    require_mlflow,
+)
 from stopdrift_common.settings import Settings
 
 log = logging.getLogger("stopdrift.worker")
@@ -28,12 +33,24 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+def checked_load(settings: Settings, version: str | None) -> Champion:
+    """``load_champion`` after a 3 s health check: the MLflow client itself retries a refused
+    connection with backoff for about two minutes before it raises."""
+    require_mlflow(settings)
+    return load_champion(settings, version)
+
+
+def checked_version(settings: Settings) -> str | None:
+    require_mlflow(settings)
+    return champion_version(settings)
+
+
 class ModelWatch:
     def __init__(
         self,
         settings: Settings,
-        load: Callable[[Settings, str | None], Champion] = load_champion,
-        version_of: Callable[[Settings], str | None] = champion_version,
+        load: Callable[[Settings, str | None], Champion] = checked_load,
+        version_of: Callable[[Settings], str | None] = checked_version,
         retry_seconds: float = 3.0,
     ) -> None:
         self.settings = settings

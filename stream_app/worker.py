@@ -57,6 +57,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     # MLflow's download progress bars would land in the log as warnings (Faust redirects stdout).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Bound MLflow's own HTTP retries (minutes by default): the model watch retries by itself.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import faust
     import prometheus_client
 
