@@ -12,15 +12,9 @@ champion are untouched.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
-from pathlib import Path
 
 import orjson
 import pandas as pd
@@ -32,11 +26,19 @@ from producers.replay import chunks, load_tables
 from stopdrift_common import services
 from stopdrift_common.schema import MODEL_FEATURES, dumps
 from stopdrift_common.settings import PROJECT_ROOT, Settings
+from tests.helpers_stream import (
+    WAIT,
+    Worker,
+    metrics,
+    producer,
+    read_topic,
+    register_copy,
+    send_all,
+)
 
 pytestmark = pytest.mark.integration
 
 MODEL_NAME = "stopdrift-stream-test"
-WAIT = 90.0  # seconds: generous, CI has 2 shared cores
 
 
 @pytest.fixture(scope="module")
@@ -45,89 +47,6 @@ def rows() -> pd.DataFrame:
     return pd.concat(
         [c for _, c in chunks(tables, scenarios.build("none"), "state", 1, None, 5000)]
     )
-
-
-def register_copy(settings: Settings, name: str) -> str:
-    """Register the champion's model again under ``name`` (a new version) and point the alias
-    at it: the run (and its reference artifacts) is the same."""
-    import mlflow
-
-    from stopdrift_common.registry import client
-
-    c = client(settings)
-    source = c.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    mv = mlflow.register_model(source.source, name)  # waits until the version is READY
-    c.set_registered_model_alias(name, settings.model_alias, mv.version)
-    return str(mv.version)
-
-
-def metrics(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
-            return r.read().decode()
-    except OSError:
-        return ""
-
-
-class Worker:
-    """The worker subprocess; ``restart`` keeps its id (consumer group) and its ports."""
-
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings = settings
-        self.log_dir = log_dir
-        self.web_port = services.free_port()
-        self.metrics_port = services.free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        s = self.settings
-        self.starts += 1
-        log = open(self.log_dir / f"worker-{self.starts}.log", "wb")  # noqa: SIM115
-        cmd = [
-            sys.executable,
-            "-m",
-            "stopdrift_common.cli",
-            "worker",
-            "--bootstrap-servers",
-            s.bootstrap,
-            "--mlflow-uri",
-            s.mlflow_tracking_uri,
-            "--runs-dir",
-            str(s.runs_dir),
-            "--worker-id",
-            s.worker_id,
-            "--web-port",
-            str(self.web_port),
-            "--metrics-port",
-            str(self.metrics_port),
-            "--model-poll-seconds",
-            "1",
-        ]
-        env = {**os.environ, "STOPDRIFT_MODEL_NAME": MODEL_NAME}
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + WAIT
-        while "stopdrift_model_loaded 1.0" not in metrics(self.metrics_port):
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "worker did not load the model\n" + self.log()
-            time.sleep(0.3)
-
-    def log(self) -> str:
-        return (self.log_dir / f"worker-{self.starts}.log").read_text()[-3000:]
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
@@ -147,50 +66,13 @@ def stream(champion, tmp_path_factory):
 
     ensure_topics(s)
     register_copy(s, MODEL_NAME)
-    worker = Worker(s, base / "logs")
+    worker = Worker(s, base / "logs", MODEL_NAME)
     try:
         worker.start()
         yield s, worker
     finally:
         worker.stop()
         broker.stop()
-
-
-def producer(settings: Settings):
-    from kafka import KafkaProducer
-
-    return KafkaProducer(
-        bootstrap_servers=settings.bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024
-    )
-
-
-def send_all(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> None:
-    p = producer(settings)
-    futures = [p.send(settings.topics.raw, key=k, value=v) for k, v in messages]
-    p.flush(30)
-    for f in futures:
-        f.get(10)  # raises if the broker did not take it
-    p.close()
-
-
-def read_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Every message on ``topic`` so far (no consumer group: assign, read until quiet). Not
-    ``end_offsets``: the embedded broker's ListOffsets LATEST is wrong (docs: NOTES.md)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or []]
-    c.assign(parts)
-    c.seek_to_beginning(*parts)
-    out: list[bytes] = []
-    quiet = 0
-    while quiet < 2:
-        batch = c.poll(timeout_ms=300)
-        quiet = 0 if batch else quiet + 1
-        for records in batch.values():
-            out.extend(r.value for r in records)
-    c.close()
-    return out
 
 
 def scored(settings: Settings) -> list[dict]:
