@@ -1,6 +1,8 @@
 """The drift monitor the stream worker calls once per micro-batch.
 
-It counts each batch into tumbling windows (``windows.py``), and for every window that closes
+It counts each batch into tumbling windows keyed by the events' ``seq`` (``windows.SeqWindows``:
+the same events per window however partitions, batches or workers deliver them; without seqs,
+arrival order numbers the events), and for every window that closes
 computes the statistics, asks the calibrated detector (``detectors.py``) for a verdict, keeps the
 last window's figures in ``latest`` (read by the Prometheus collector in ``drift_metrics.py``)
 and returns one alert message per drifted window, ready for the ``drift.alerts`` topic. When a
@@ -8,10 +10,9 @@ window drifts it may also write an Evidently HTML report of that window (``repor
 background thread, at most one per ``report_min_interval_seconds``: a report costs about half a
 second of CPU, far more than the counting.
 
-Multi-worker: ``partial_for_batch`` returns a batch's counts without touching the monitor's state,
-``WindowPartial.to_dict`` makes them JSON-able, and a coordinator's monitor takes them with
-``update_partial``. Counts merge exactly; window boundaries are then per partial (a partial is
-not split).
+Multi-worker: ``partials_for_batch`` returns a batch's counts per window index without touching
+the monitor's state; ``WindowPartial.to_dict`` makes them JSON-able, and a coordinator's monitor
+takes them with ``update_partials``. Counts merge exactly, so N workers give one worker's figures.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from stream_app.detectors import (
     compute_statistics,
     summarise,
 )
-from stream_app.windows import ClosedWindow, Layout, TumblingWindows, WindowPartial, align_proba
+from stream_app.windows import ClosedWindow, Layout, SeqWindows, WindowPartial, align_proba
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,9 @@ class DriftMonitor:
         Where Evidently reports of drifted windows are written (created when needed).
     write_reports
         False: never write reports (the rows of the window are then not kept either).
-    max_window_seconds
-        Close a window early after this long (its statistics are reported, not tested: the
-        thresholds hold for ``window_events``-sized windows only).
+    report_min_interval_seconds
+        A drifted window gets a new Evidently report at most this often; the alerts between
+        share the latest report of the episode (a report costs ~0.3 s of CPU).
     """
 
     def __init__(
@@ -86,15 +87,15 @@ class DriftMonitor:
         report_dir: Path,
         *,
         write_reports: bool = True,
-        report_min_interval_seconds: float = 60.0,
-        max_window_seconds: float | None = None,
+        report_min_interval_seconds: float = 10.0,
         n_bootstrap: int = DEFAULT_BOOTSTRAP,
     ):
         self.settings = settings
         self.report_dir = Path(report_dir)
         self.write_reports = write_reports
         self.report_min_interval_seconds = report_min_interval_seconds
-        self.max_window_seconds = max_window_seconds
+        self._arrivals = 0  # events counted, to number events that come without a seq
+        self._last_report: str | None = None
         self.n_bootstrap = n_bootstrap
         self.windows_total = 0
         self.alerts_total = 0
@@ -126,14 +127,13 @@ class DriftMonitor:
             seed=self.settings.seed,
         )
         keep_rows = self.write_reports and reference_rows is not None
-        windows = TumblingWindows(
-            self.settings.window_events, self.max_window_seconds, keep_rows=keep_rows
-        )
+        windows = SeqWindows(self.settings.window_events, keep_rows=keep_rows)
         with self._lock:
             self.reference = reference
             self.reference_rows = reference_rows
             self.model_version = str(model_version)
             self.layout, self.detector, self.windows = layout, detector, windows
+            self._arrivals = 0
 
     def close(self, wait: bool = True) -> None:
         """Let pending reports finish (or not) and stop the report thread."""
@@ -151,56 +151,52 @@ class DriftMonitor:
         *,
         times: np.ndarray | None = None,
         now: float | None = None,
+        seqs: np.ndarray | None = None,
     ) -> list[dict[str, Any]]:
         """Count one batch; return the alert messages of the windows it closed that drifted.
 
         ``features``: raw (pre-imputation) MODEL_FEATURES + ``source``, one row per scored
         event; ``proba``: (n, len(classes)); ``labels``: true classes where known (None/NaN
-        elsewhere); ``times``: optional event times (seconds), kept as the window's span.
+        elsewhere); ``times``: optional event times (seconds), kept as the window's span;
+        ``seqs``: the events' sequence numbers (default: numbered in arrival order).
         """
         now = time.time() if now is None else now
         with self._lock:
+            if seqs is None:
+                seqs = np.arange(self._arrivals, self._arrivals + len(features))
+            self._arrivals += len(features)
             rows = None
             if self.windows.keep_rows:
                 aligned = align_proba(proba, classes, self.layout)
                 predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
                 rows = features.reset_index(drop=True).assign(predicted=predicted)
             closed = self.windows.add(
-                features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
+                seqs, features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
             )
             return self._finish(closed)
 
-    def tick(self, now: float | None = None) -> list[dict[str, Any]]:
-        """For a timer: close the open window when ``max_window_seconds`` has passed."""
-        with self._lock:
-            return self._finish(self.windows.tick(now))
-
-    def partial_for_batch(
+    def partials_for_batch(
         self,
+        seqs: np.ndarray,
         features: pd.DataFrame,
         proba: np.ndarray,
         classes: list[str],
         labels: pd.Series | None = None,
-    ) -> WindowPartial:
-        """A batch's counts on this monitor's bins, without changing the monitor."""
-        return WindowPartial.from_batch(features, proba, classes, labels, self.layout)
+    ) -> dict[int, WindowPartial]:
+        """A batch's counts per window index on this monitor's bins, without changing it."""
+        parts = self.windows.partials(seqs, features, proba, classes, labels, self.layout)
+        return {k: p for k, (_, p) in parts.items()}
 
-    @staticmethod
-    def merge(partials: list[WindowPartial]) -> WindowPartial:
-        """Counts of the union of several partials (e.g. from several workers)."""
-        out = partials[0]
-        for p in partials[1:]:
-            out = out.merge(p)
-        return out
-
-    def update_partial(
-        self, partial: WindowPartial | dict[str, Any], now: float | None = None
+    def update_partials(
+        self, partials: dict[int, WindowPartial | dict[str, Any]], now: float | None = None
     ) -> list[dict[str, Any]]:
-        """Add counts made elsewhere (a partial or its ``to_dict``) as one unit."""
-        if isinstance(partial, dict):
-            partial = WindowPartial.from_dict(partial)
+        """Add counts made elsewhere (partials or their ``to_dict``) per window index."""
+        parts = {
+            int(k): WindowPartial.from_dict(p) if isinstance(p, dict) else p
+            for k, p in partials.items()
+        }
         with self._lock:
-            return self._finish(self.windows.add_partial(partial, now))
+            return self._finish(self.windows.add_partials(parts, now))
 
     # --- closing windows ------------------------------------------------------------------------
     def _finish(self, closed: list[ClosedWindow]) -> list[dict[str, Any]]:
@@ -267,7 +263,7 @@ class DriftMonitor:
         if not self.write_reports or window.rows is None or self.reference_rows is None:
             return None
         if window.closed_at - self._last_report_at < self.report_min_interval_seconds:
-            return None
+            return self._last_report  # same drift episode: point at its latest report
         self._last_report_at = window.closed_at
         path = self.report_dir / report_name(window.closed_at)
         if path.exists():
@@ -280,7 +276,8 @@ class DriftMonitor:
         self._pending = [f for f in self._pending if not f.done()]
         self._pending.append(self._executor.submit(_write_report, ref, window.rows, path))
         self.reports_written += 1
-        return str(path)
+        self._last_report = str(path)
+        return self._last_report
 
     def wait_for_reports(self, timeout: float | None = None) -> None:
         """Block until the reports submitted so far are written (tests, shutdown)."""

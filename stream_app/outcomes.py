@@ -63,6 +63,10 @@ class BatchOutcome:
         return np.fromiter((e["produced_at"] for e in self.events), float, len(self.events))
 
     @property
+    def seqs(self) -> np.ndarray:
+        return np.fromiter((e["seq"] for e in self.events), np.int64, len(self.events))
+
+    @property
     def labels(self) -> pd.Series:
         return pd.Series([e["subject_race"] for e in self.events], dtype=object)
 

@@ -122,7 +122,9 @@ class WorkerRuntime:
             return []
         try:
             features = outcome.features.assign(source=[e["source"] for e in outcome.events])
-            return self.monitor.update(features, outcome.scores.proba, classes, outcome.labels)
+            return self.monitor.update(
+                features, outcome.scores.proba, classes, outcome.labels, seqs=outcome.seqs
+            )
         except Exception:  # a drift bug must not stop scoring: log it, keep going
             log.exception("drift monitor failed on a batch; scoring continues")
             return []

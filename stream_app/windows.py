@@ -485,3 +485,113 @@ class TumblingWindows:
         if self.current.n >= self.window_events:
             closed.append(self._close("count", now))
         return closed
+
+
+class SeqWindows:
+    """Tumbling windows by the producer's sequence number: window ``k`` holds the events with
+    ``k * window_events <= seq < (k + 1) * window_events``, whatever partition, batch or worker
+    they arrive in.
+
+    Arrival order is not a good window key for a keyed topic: a consumer that catches up on a
+    backlog reads one partition (a few states) at a time, so arrival-order windows look like
+    ``state`` drift on a stationary stream. Sequence windows hold the same events however the
+    stream is consumed, and their partials merge exactly across workers (``add_partials``).
+
+    A window closes when it holds ``window_events`` events. At most ``max_open`` windows stay
+    open; opening one more closes the oldest early (``closed_by="evicted"``: its statistics are
+    reported but not tested). Events that arrive for a window already closed open it anew.
+
+    >>> import numpy as np, pandas as pd
+    >>> ref = {"classes": ["a", "b"], "prediction_shares": {"a": 0.5, "b": 0.5},
+    ...        "mean_confidence": 0.7, "numeric": {}, "categorical": {}}
+    >>> layout = Layout.from_reference(ref)
+    >>> w = SeqWindows(window_events=2)
+    >>> df = pd.DataFrame(index=range(3))
+    >>> closed = w.add(np.array([3, 0, 2]), df, np.full((3, 2), .5), ["a", "b"], None, layout)
+    >>> [(c.index, c.start_event, c.end_event, int(c.partial.n)) for c in closed]
+    [(1, 2, 4, 2)]
+    >>> sorted(w.open)
+    [0]
+    """
+
+    def __init__(self, window_events: int, keep_rows: bool = False, max_open: int = 16):
+        if window_events < 1:
+            raise ValueError(f"window_events must be at least 1, got {window_events}")
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
+        self.window_events = window_events
+        self.keep_rows = keep_rows
+        self.max_open = max_open
+        self.open: dict[int, WindowPartial] = {}
+        self._rows: dict[int, list[pd.DataFrame]] = {}
+
+    def partials(
+        self,
+        seqs: np.ndarray,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: Iterable[str],
+        labels: pd.Series | None,
+        layout: Layout,
+        times: np.ndarray | None = None,
+    ) -> dict[int, tuple[np.ndarray, WindowPartial]]:
+        """A batch's counts per window index (with the batch positions in each window)."""
+        keys = np.asarray(seqs, dtype=np.int64) // self.window_events
+        classes = list(classes)
+        out: dict[int, tuple[np.ndarray, WindowPartial]] = {}
+        for k in np.unique(keys):
+            pos = np.flatnonzero(keys == k)
+            out[int(k)] = (
+                pos,
+                WindowPartial.from_batch(
+                    features.iloc[pos],
+                    proba[pos],
+                    classes,
+                    None if labels is None else labels.iloc[pos],
+                    layout,
+                    None if times is None else np.asarray(times)[pos],
+                ),
+            )
+        return out
+
+    def add(
+        self,
+        seqs: np.ndarray,
+        features: pd.DataFrame,
+        proba: np.ndarray,
+        classes: Iterable[str],
+        labels: pd.Series | None,
+        layout: Layout,
+        times: np.ndarray | None = None,
+        now: float | None = None,
+        rows: pd.DataFrame | None = None,
+    ) -> list[ClosedWindow]:
+        """Count a batch; return the windows it completed (and any it evicted)."""
+        parts = self.partials(seqs, features, proba, classes, labels, layout, times)
+        if self.keep_rows:
+            src = features if rows is None else rows
+            for k, (pos, _) in parts.items():
+                self._rows.setdefault(k, []).append(src.iloc[pos])
+        return self.add_partials({k: p for k, (_, p) in parts.items()}, now)
+
+    def add_partials(
+        self, partials: dict[int, WindowPartial], now: float | None = None
+    ) -> list[ClosedWindow]:
+        """Merge counts per window index (from this worker or others)."""
+        now = time.time() if now is None else now
+        closed: list[ClosedWindow] = []
+        for k in sorted(partials):
+            current = self.open.get(k)
+            self.open[k] = partials[k] if current is None else current.merge(partials[k])
+            if self.open[k].n >= self.window_events:
+                closed.append(self._close(k, "count", now))
+        while len(self.open) > self.max_open:
+            closed.append(self._close(min(self.open), "evicted", now))
+        return closed
+
+    def _close(self, k: int, by: str, now: float) -> ClosedWindow:
+        partial = self.open.pop(k)
+        frames = self._rows.pop(k, [])
+        rows = pd.concat(frames, ignore_index=True) if frames else None
+        start = k * self.window_events
+        return ClosedWindow(k, start, start + self.window_events, partial, now, by, rows)
