@@ -26,6 +26,8 @@ class Topics:
     scored: str = "stops.scored"
     dlq: str = "stops.dlq"
     alerts: str = "drift.alerts"
+    # Prefix of each worker group's drift-counts topic (``Settings.partials_topic``).
+    partials_prefix: str = "drift.partials"
 
     def all(self) -> list[str]:
         return [self.raw, self.scored, self.dlq, self.alerts]
@@ -68,6 +70,13 @@ class Settings:
     # Monitoring servers.
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
+
+    @property
+    def partials_topic(self) -> str:
+        """Per-batch drift counts of every worker in this group, merged by one coordinator: one
+        partition, so exactly one worker owns it and N workers give one worker's figures; one
+        topic per group (worker_id), so two groups never count each other's events."""
+        return f"{self.topics.partials_prefix}.{self.worker_id}"
 
     @property
     def bootstrap(self) -> str:

@@ -56,11 +56,12 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
     client = admin(settings)
     try:
         existing = set(client.list_topics())
-        wanted = [t for t in settings.topics.all() if t not in existing]
-        parts = partitions or settings.partitions
+        partitions_of = {t: partitions or settings.partitions for t in settings.topics.all()}
+        partitions_of[settings.partials_topic] = 1
+        wanted = [t for t in partitions_of if t not in existing]
         if wanted:
             with contextlib.suppress(TopicAlreadyExistsError):
-                client.create_topics([NewTopic(t, parts, 1) for t in wanted])
+                client.create_topics([NewTopic(t, partitions_of[t], 1) for t in wanted])
         return wanted
     finally:
         client.close()

@@ -1,4 +1,8 @@
-"""The Faust app, top-down: settings -> app -> topics -> agent -> timers.
+"""The Faust app, top-down: settings -> app -> topics -> agents -> timers.
+
+Two agents: ``score`` (every worker, on its share of ``stops.raw``) scores micro-batches and
+sends each batch's drift counts to ``drift.partials``; ``drift`` (the one worker owning that
+single partition) merges them into windows and sends alerts to ``drift.alerts``.
 
 The agent is thin: it takes micro-batches of raw messages and hands them to ``WorkerRuntime``
 (decode, score in one call, drift, outputs). Settings here are the ones measured to work with the
@@ -159,6 +163,18 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
                 await asyncio.sleep(wait)
         log.critical("giving up on the batch: exiting without committing its offsets")
         os._exit(3)  # a supervisor restarts the worker; the batch is read again
+
+    partials = app.topic(
+        settings.partials_topic, key_serializer="raw", value_serializer="raw", partitions=1
+    )
+
+    @app.agent(partials, name="drift")
+    async def drift(stream):
+        # One partition: exactly one worker of the group merges every worker's drift counts.
+        await runtime.start()
+        async for events in stream.take_events(500, within=settings.batch_within_seconds):
+            alerts = runtime.merge_partials([e.message.value for e in events])
+            await writer.write([(settings.topics.alerts, None, a) for a in alerts])
 
     def highwater(partition: int) -> int | None:
         try:

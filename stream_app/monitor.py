@@ -10,9 +10,10 @@ window drifts it may also write an Evidently HTML report of that window (``repor
 background thread, at most one per ``report_min_interval_seconds``: a report costs about half a
 second of CPU, far more than the counting.
 
-Multi-worker: ``partials_for_batch`` returns a batch's counts per window index without touching
-the monitor's state; ``WindowPartial.to_dict`` makes them JSON-able, and a coordinator's monitor
-takes them with ``update_partials``. Counts merge exactly, so N workers give one worker's figures.
+Multi-worker: ``partials_message`` turns a batch into JSON-able counts per window index (plus
+the rows behind them, for reports) without touching the monitor's state; every worker sends its
+batches' messages to ``drift.partials`` (one partition), and the one worker that owns it merges
+them with ``update_partials``. Counts merge exactly, so N workers give one worker's figures.
 """
 
 from __future__ import annotations
@@ -167,36 +168,53 @@ class DriftMonitor:
             self._arrivals += len(features)
             rows = None
             if self.windows.keep_rows:
-                aligned = align_proba(proba, classes, self.layout)
-                predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
-                rows = features.reset_index(drop=True).assign(predicted=predicted)
+                rows = self._rows_with_predictions(features, proba, classes)
             closed = self.windows.add(
                 seqs, features, proba, classes, labels, self.layout, times=times, now=now, rows=rows
             )
             return self._finish(closed)
 
-    def partials_for_batch(
+    def partials_message(
         self,
         seqs: np.ndarray,
         features: pd.DataFrame,
         proba: np.ndarray,
         classes: list[str],
         labels: pd.Series | None = None,
-    ) -> dict[int, WindowPartial]:
-        """A batch's counts per window index on this monitor's bins, without changing it."""
-        parts = self.windows.partials(seqs, features, proba, classes, labels, self.layout)
-        return {k: p for k, (_, p) in parts.items()}
+    ) -> dict[str, Any]:
+        """A batch's counts per window index, JSON-able, for the ``drift.partials`` topic; with
+        the raw rows behind them when this monitor writes reports. Changes nothing here."""
+        with self._lock:
+            parts = self.windows.partials(seqs, features, proba, classes, labels, self.layout)
+            message: dict[str, Any] = {
+                "model_version": self.model_version,
+                "windows": {str(k): p.to_dict() for k, (_, p) in parts.items()},
+            }
+            if self.windows.keep_rows:
+                rows = self._rows_with_predictions(features, proba, classes)
+                message["rows"] = {
+                    str(k): rows.iloc[pos].to_dict("list") for k, (pos, _) in parts.items()
+                }
+        return message
 
     def update_partials(
-        self, partials: dict[int, WindowPartial | dict[str, Any]], now: float | None = None
+        self, message: dict[str, Any], now: float | None = None
     ) -> list[dict[str, Any]]:
-        """Add counts made elsewhere (partials or their ``to_dict``) per window index."""
-        parts = {
-            int(k): WindowPartial.from_dict(p) if isinstance(p, dict) else p
-            for k, p in partials.items()
-        }
+        """Merge a ``partials_message`` (from any worker) into the windows; return the alerts
+        of the windows it completed. Counts made for another model version are dropped."""
         with self._lock:
-            return self._finish(self.windows.add_partials(parts, now))
+            if str(message.get("model_version")) != self.model_version:
+                return []
+            parts = {int(k): WindowPartial.from_dict(d) for k, d in message["windows"].items()}
+            rows = {int(k): pd.DataFrame(r) for k, r in message.get("rows", {}).items()}
+            return self._finish(self.windows.add_partials(parts, now, rows))
+
+    def _rows_with_predictions(
+        self, features: pd.DataFrame, proba: np.ndarray, classes: list[str]
+    ) -> pd.DataFrame:
+        aligned = align_proba(proba, classes, self.layout)
+        predicted = np.asarray(self.layout.classes, dtype=object)[aligned.argmax(axis=1)]
+        return features.reset_index(drop=True).assign(predicted=predicted)
 
     # --- closing windows ------------------------------------------------------------------------
     def _finish(self, closed: list[ClosedWindow]) -> list[dict[str, Any]]:

@@ -47,11 +47,16 @@ class WorkerRuntime:
         self.instance = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
         self.monitor: Any = None
         self.batches = 0
+        self._started = False
+        self._start_lock = asyncio.Lock()
 
     # --- model --------------------------------------------------------------------------------
     async def start(self) -> None:
-        champion = await self.watch.load_initial()
-        await self._use(champion)
+        """Load the first champion (both agents call this; the first call does the work)."""
+        async with self._start_lock:
+            if not self._started:
+                await self._use(await self.watch.load_initial())
+                self._started = True
 
     async def poll_model(self) -> None:
         champion = await self.watch.poll()
@@ -102,8 +107,9 @@ class WorkerRuntime:
         scoring_seconds = time.perf_counter() - started
         outputs = [(topics.scored, k, v) for k, v in outcome.scored]
         outputs += [(topics.dlq, k, v) for k, v in outcome.dlq]
-        for alert in self._drift(outcome, champion.classes):
-            outputs.append((topics.alerts, None, orjson.dumps(alert, default=str)))
+        partials = self._drift_partials(outcome, champion.classes)
+        if partials is not None:
+            outputs.append((self.settings.partials_topic, None, partials))
         await write(outputs)
 
         written = time.time()
@@ -117,17 +123,33 @@ class WorkerRuntime:
         self.batches += 1
         return outcome
 
-    def _drift(self, outcome: BatchOutcome, classes: list[str]) -> list[dict[str, Any]]:
+    def _drift_partials(self, outcome: BatchOutcome, classes: list[str]) -> bytes | None:
+        """The batch's drift counts per window, for the coordinator (``merge_partials``)."""
         if self.monitor is None or not outcome.n_scored:
-            return []
+            return None
         try:
             features = outcome.features.assign(source=[e["source"] for e in outcome.events])
-            return self.monitor.update(
-                features, outcome.scores.proba, classes, outcome.labels, seqs=outcome.seqs
+            message = self.monitor.partials_message(
+                outcome.seqs, features, outcome.scores.proba, classes, outcome.labels
             )
+            return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
         except Exception:  # a drift bug must not stop scoring: log it, keep going
             log.exception("drift monitor failed on a batch; scoring continues")
+            return None
+
+    def merge_partials(self, values: Sequence[bytes]) -> list[bytes]:
+        """Coordinator side: merge every worker's partials; return the drift alerts to send."""
+        if self.monitor is None:
             return []
+        alerts: list[bytes] = []
+        for value in values:
+            try:
+                for alert in self.monitor.update_partials(orjson.loads(value)):
+                    alert["worker_id"] = self.settings.worker_id  # the group that counted it
+                    alerts.append(orjson.dumps(alert, default=str))
+            except Exception:  # a bad partial must not stop the coordinator
+                log.exception("could not merge a drift partial; skipped")
+        return alerts
 
     def record_lag(
         self, partitions: dict[int, int], highwater: Callable[[int], int | None]

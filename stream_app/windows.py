@@ -568,18 +568,23 @@ class SeqWindows:
     ) -> list[ClosedWindow]:
         """Count a batch; return the windows it completed (and any it evicted)."""
         parts = self.partials(seqs, features, proba, classes, labels, layout, times)
-        if self.keep_rows:
-            src = features if rows is None else rows
-            for k, (pos, _) in parts.items():
-                self._rows.setdefault(k, []).append(src.iloc[pos])
-        return self.add_partials({k: p for k, (_, p) in parts.items()}, now)
+        src = features if rows is None else rows
+        window_rows = {k: src.iloc[pos] for k, (pos, _) in parts.items()}
+        return self.add_partials({k: p for k, (_, p) in parts.items()}, now, window_rows)
 
     def add_partials(
-        self, partials: dict[int, WindowPartial], now: float | None = None
+        self,
+        partials: dict[int, WindowPartial],
+        now: float | None = None,
+        rows: dict[int, pd.DataFrame] | None = None,
     ) -> list[ClosedWindow]:
-        """Merge counts per window index (from this worker or others)."""
+        """Merge counts per window index (from this worker or others); ``rows``: the raw rows
+        behind them, kept for reports when ``keep_rows``."""
         now = time.time() if now is None else now
         closed: list[ClosedWindow] = []
+        if self.keep_rows and rows:
+            for k, frame in rows.items():
+                self._rows.setdefault(k, []).append(frame)
         for k in sorted(partials):
             current = self.open.get(k)
             self.open[k] = partials[k] if current is None else current.merge(partials[k])
