@@ -96,8 +96,13 @@ class BatchWriter:
         by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         for topic in {t for t, _, _ in outputs}:
             await producer.partitions_for(topic)  # metadata, once per topic
+        partitions: dict[tuple[str, bytes | None], int] = {}  # keys repeat (a state each)
         for topic, key, value in outputs:
-            partition = producer._partition(topic, None, None, None, key, value)
+            if key is None:  # a random partition per message, as the producer does
+                partition = producer._partition(topic, None, None, None, key, value)
+            elif (partition := partitions.get((topic, key))) is None:
+                partition = producer._partition(topic, None, None, None, key, value)
+                partitions[(topic, key)] = partition
             by_tp.setdefault((topic, partition), []).append((key, value))
         futures = []
         for (topic, partition), messages in by_tp.items():
@@ -168,12 +173,29 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
         settings.partials_topic, key_serializer="raw", value_serializer="raw", partitions=1
     )
 
+    # The counts of windows still open live in a changelog-backed table too: a restarted (or
+    # newly assigned) coordinator rebuilds them from Kafka instead of losing them.
+    # (One partition, so the producer's partitioner can place changelog writes: take_events has
+    # no "current event" for the table to read a partition from.)
+    open_windows = app.Table(
+        "drift-open-windows", partitions=1, key_type=bytes, value_type=bytes, use_partitioner=True
+    )
+
     @app.agent(partials, name="drift")
     async def drift(stream):
         # One partition: exactly one worker of the group merges every worker's drift counts.
         await runtime.start()
+        restored = False
         async for events in stream.take_events(500, within=settings.batch_within_seconds):
-            alerts = runtime.merge_partials([e.message.value for e in events])
+            if not restored:  # the first batch comes after the table's recovery
+                runtime.restore_windows(dict(open_windows.items()))
+                restored = True
+            alerts, changed = runtime.merge_partials([e.message.value for e in events])
+            for key, state in changed.items():
+                if state is None:
+                    open_windows.pop(key.encode(), None)
+                else:
+                    open_windows[key.encode()] = state
             await writer.write([(settings.topics.alerts, None, a) for a in alerts])
 
     def highwater(partition: int) -> int | None:
