@@ -212,13 +212,14 @@ def _results(
     """One result per event (None where scoring failed)."""
     proba = np.where(ok[:, None], scores.proba, 0.0) if len(events) else scores.proba
     tidy = Scores(proba, scores.classes)
-    predicted = tidy.predicted
-    probabilities = tidy.probabilities
+    classes = tidy.classes
+    # the same values as Scores.probabilities, in one pass (this runs once per event)
+    rounded = np.round(tidy.proba, 6).tolist()
     return [
         {
             "event_id": e["event_id"],
-            "predicted": predicted[i],
-            "probabilities": probabilities[i],
+            "predicted": predicted,
+            "probabilities": dict(zip(classes, row, strict=True)),
             "model_name": model_name,
             "model_version": model_version,
             "source": e["source"],
@@ -226,7 +227,9 @@ def _results(
             "produced_at": e["produced_at"],
             "scored_at": now,
         }
-        if ok[i]
+        if keep
         else None
-        for i, e in enumerate(events)
+        for e, predicted, row, keep in zip(
+            events, tidy.predicted, rounded, ok.tolist(), strict=True
+        )
     ]

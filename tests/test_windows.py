@@ -127,3 +127,30 @@ def test_time_based_closing(champion, stream):
     closed = w.tick(now=110.0)
     assert [(c.closed_by, c.partial.n) for c in closed] == [("time", 10)]
     assert w.current is None
+
+
+def test_seq_windows_count_a_batch_like_one_partial_per_window(champion, stream):
+    """The grouped counting of a batch spanning many windows gives, window by window, exactly
+    the counts of ``from_batch`` on that window's rows (missing, unseen and out-of-range values
+    and unlabelled events included)."""
+    from stream_app.windows import SeqWindows
+
+    _, _, layout = champion
+    df, proba = stream
+    df = df.copy()
+    df.loc[::7, "state"] = None
+    df.loc[::11, "state"] = "ZZ"  # unseen
+    df.loc[::5, "hit_rate"] = np.nan
+    df.loc[::13, "stops_per_year"] = -3.0  # out of range
+    labels = df["subject_race"].where(np.arange(len(df)) % 3 > 0, None)
+    seqs = np.random.default_rng(4).permutation(len(df) * 4)[: len(df)]
+    times = np.linspace(1.0, 2.0, len(df))
+    w = SeqWindows(window_events=250)
+    parts = w.partials(seqs, df, proba, CLASSES, labels, layout, times)
+    assert len(parts) > 10
+    for k, (pos, part) in parts.items():
+        assert pos.tolist() == np.flatnonzero(seqs // 250 == k).tolist()
+        want = WindowPartial.from_batch(
+            df.iloc[pos], proba[pos], CLASSES, labels.iloc[pos], layout, times[pos]
+        )
+        assert part.to_dict() == want.to_dict()
