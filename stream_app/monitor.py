@@ -96,6 +96,9 @@ class DriftMonitor:
         self.write_reports = write_reports
         self.report_min_interval_seconds = report_min_interval_seconds
         self._arrivals = 0  # events counted, to number events that come without a seq
+        # The champion's MLflow run: set by the worker, so each report is also logged there
+        # (under drift_reports/, next to the model it is about). None: files only.
+        self.run_id: str | None = None
         self._last_report: str | None = None
         self.n_bootstrap = n_bootstrap
         self.windows_total = 0
@@ -318,7 +321,8 @@ class DriftMonitor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-report")
         self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(self._executor.submit(_write_report, ref, window.rows, path))
+        mlflow = (self.settings.mlflow_tracking_uri, self.run_id) if self.run_id else None
+        self._pending.append(self._executor.submit(_write_report, ref, window.rows, path, mlflow))
         self.reports_written += 1
         self._last_report = str(path)
         return self._last_report
@@ -348,10 +352,19 @@ def _columns_by_window(rows: pd.DataFrame, positions: dict[int, np.ndarray]) -> 
     }
 
 
-def _write_report(reference_rows: pd.DataFrame, window_rows: pd.DataFrame, path: Path) -> None:
-    from stream_app.reports import write_drift_report
+def _write_report(
+    reference_rows: pd.DataFrame,
+    window_rows: pd.DataFrame,
+    path: Path,
+    mlflow: tuple[str, str] | None = None,
+) -> None:
+    """Write the report; with ``mlflow=(tracking_uri, run_id)`` also attach it to that run."""
+    from stream_app.reports import log_report_to_mlflow, write_drift_report
 
     try:
         write_drift_report(reference_rows, window_rows, path)
     except Exception:  # a report is a by-product: never let it break the stream
         log.exception("drift report %s failed", path)
+        return
+    if mlflow is not None:
+        log_report_to_mlflow(mlflow[0], mlflow[1], path)

@@ -94,6 +94,7 @@ class WorkerRuntime:
                         champion.reference_rows,
                         champion.version,
                     )
+                self.monitor.run_id = champion.run_id  # reports are logged to its run
             except Exception:  # drift monitoring must not stop scoring
                 log.exception("drift monitor could not start; scoring continues without it")
                 self.monitor = None

@@ -283,3 +283,15 @@ def test_drift_alerts_topic_carries_the_evidence_and_the_report_exists(stack):
     assert report.is_relative_to(settings.runs_dir), report
     wait_for(lambda: report.is_file() and report.stat().st_size > 0, f"report {report}", stack)
     assert b"<html" in report.read_bytes()[:5000].lower()
+
+    # ... and is logged to MLflow, in the run of the model version that raised it.
+    from stopdrift_common.registry import client
+
+    c = client(settings)
+    run_id = c.get_model_version(MODEL_NAME, stack.model_version).run_id
+
+    def logged() -> list[str]:
+        return [f.path for f in c.list_artifacts(run_id, "drift_reports")]
+
+    names = wait_for(logged, "the report in the model's MLflow run", stack)
+    assert any(n.endswith(report.name) for n in names), names
