@@ -161,3 +161,31 @@ def read_topic(settings: Settings, topic: str) -> list[bytes]:
             out.extend(r.value for r in records)
     c.close()
     return out
+
+
+def stream_settings(
+    champion_settings: Settings, broker: services.Service, base: Path, worker_id: str, **kw
+) -> Settings:
+    """Settings for a stream test: the session's MLflow and data, its own broker, outputs under
+    ``base``, its own worker group; topics created."""
+    from stopdrift_common.topics import ensure_topics
+
+    s = Settings(
+        data_dir=champion_settings.data_dir,
+        runs_dir=base / "runs",
+        mlflow_tracking_uri=champion_settings.mlflow_tracking_uri,
+        kafka_bootstrap_servers=f"127.0.0.1:{broker.port}",
+        model_name=champion_settings.model_name,
+        worker_id=worker_id,
+        **kw,
+    )
+    ensure_topics(s)
+    return s
+
+
+def produce_command(settings: Settings, *args: str) -> list[str]:
+    """``stopdrift produce`` against the test's broker and data, as a user would run it."""
+    return [
+        sys.executable, "-m", "stopdrift_common.cli", "produce", "--bootstrap-servers",
+        settings.bootstrap, "--data-dir", str(settings.data_dir), "--no-progress", *args,
+    ]  # fmt: skip

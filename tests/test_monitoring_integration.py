@@ -20,7 +20,6 @@ import importlib.util
 import json
 import math
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -40,8 +39,14 @@ from stopdrift_common.monitoring_config import (
 )
 from stopdrift_common.schema import NUMERIC_FEATURES
 from stopdrift_common.settings import Settings
-from stopdrift_common.topics import ensure_topics
-from tests.helpers_stream import Worker, read_topic, register_copy, send_all
+from tests.helpers_stream import (
+    Worker,
+    produce_command,
+    read_topic,
+    register_copy,
+    send_all,
+    stream_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -120,16 +125,9 @@ def stack(champion, tmp_path_factory):
     try:
         broker = services.broker(services.free_port(), logs).start()
         started.append(broker)
-        settings = Settings(
-            data_dir=champion_settings.data_dir,
-            runs_dir=base / "runs",
-            mlflow_tracking_uri=champion_settings.mlflow_tracking_uri,
-            kafka_bootstrap_servers=f"127.0.0.1:{broker.port}",
-            model_name=champion_settings.model_name,
-            worker_id="monitoring-it",
-            window_events=WINDOW_EVENTS,
+        settings = stream_settings(
+            champion_settings, broker, base, "monitoring-it", window_events=WINDOW_EVENTS
         )
-        ensure_topics(settings)
         version = register_copy(settings, MODEL_NAME)
         worker = Worker(settings, logs, MODEL_NAME, ["--window-events", str(WINDOW_EVENTS)])
         started.append(worker)
@@ -160,17 +158,8 @@ def stack(champion, tmp_path_factory):
             s,
         )
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stopdrift_common.cli",
-                "produce",
-                "--bootstrap-servers",
-                settings.bootstrap,
-                "--data-dir",
-                str(settings.data_dir),
-                "--runs-dir",
-                str(settings.runs_dir),
+            produce_command(
+                settings,
                 "--scenario",
                 "natural",
                 "--source",
@@ -179,8 +168,7 @@ def stack(champion, tmp_path_factory):
                 str(RATE),
                 "--limit",
                 str(N_EVENTS),
-                "--no-progress",
-            ],
+            ),  # fmt: skip
             capture_output=True,
             text=True,
             timeout=300,

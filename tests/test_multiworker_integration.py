@@ -11,7 +11,6 @@ a backlog (``--rate 0``), read partition by partition: windows of state rows mus
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import orjson
@@ -20,7 +19,13 @@ import pytest
 from stopdrift_common import services
 from stopdrift_common.settings import Settings
 from stopdrift_common.topics import ensure_topics
-from tests.helpers_stream import Worker, read_topic, register_copy
+from tests.helpers_stream import (
+    Worker,
+    produce_command,
+    read_topic,
+    register_copy,
+    stream_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +55,8 @@ def test_two_workers_give_the_same_drift_windows_as_one(champion, tmp_path):
     try:
         broker = services.broker(services.free_port(), logs).start()
         started.append(broker)
-        base = Settings(
-            data_dir=champion_settings.data_dir,
-            runs_dir=tmp_path / "runs",
-            mlflow_tracking_uri=champion_settings.mlflow_tracking_uri,
-            kafka_bootstrap_servers=f"127.0.0.1:{broker.port}",
-            model_name=champion_settings.model_name,
-            window_events=WINDOW_EVENTS,
+        base = stream_settings(
+            champion_settings, broker, tmp_path, "mw-base", window_events=WINDOW_EVENTS
         )
         register_copy(base, MODEL_NAME)
         groups = {"mw-one": 1, "mw-two": 2}
@@ -70,9 +70,10 @@ def test_two_workers_give_the_same_drift_windows_as_one(champion, tmp_path):
         time.sleep(15)  # let the two-worker group finish its rebalance before events arrive
 
         done = subprocess.run(
-            [sys.executable, "-m", "stopdrift_common.cli", "produce", "--bootstrap-servers",
-             base.bootstrap, "--data-dir", str(base.data_dir), "--scenario", "natural",
-             "--source", "both", "--rate", "0", "--limit", str(N_EVENTS), "--no-progress"],
+            produce_command(
+                base, "--scenario", "natural", "--source", "both", "--rate", "0",
+                "--limit", str(N_EVENTS),
+            ),  # fmt: skip
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr

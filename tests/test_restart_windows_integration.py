@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 
 import orjson
 import pytest
 
 from stopdrift_common import services
-from stopdrift_common.settings import Settings
-from stopdrift_common.topics import ensure_topics
-from tests.helpers_stream import Worker, read_topic, register_copy
+from tests.helpers_stream import (
+    Worker,
+    produce_command,
+    read_topic,
+    register_copy,
+    stream_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,23 +40,17 @@ def test_open_windows_survive_a_worker_restart(champion, tmp_path):
     broker = services.broker(services.free_port(), logs).start()
     worker = None
     try:
-        settings = Settings(
-            data_dir=champion_settings.data_dir,
-            runs_dir=tmp_path / "runs",
-            mlflow_tracking_uri=champion_settings.mlflow_tracking_uri,
-            kafka_bootstrap_servers=f"127.0.0.1:{broker.port}",
-            model_name=champion_settings.model_name,
-            worker_id="restart-it",
-            window_events=WINDOW_EVENTS,
+        settings = stream_settings(
+            champion_settings, broker, tmp_path, "restart-it", window_events=WINDOW_EVENTS
         )
-        ensure_topics(settings)
         register_copy(settings, MODEL_NAME)
         worker = Worker(settings, logs, MODEL_NAME, ["--window-events", str(WINDOW_EVENTS)])
         worker.start()
         producer = subprocess.Popen(
-            [sys.executable, "-m", "stopdrift_common.cli", "produce", "--bootstrap-servers",
-             settings.bootstrap, "--data-dir", str(settings.data_dir), "--scenario", "natural",
-             "--source", "both", "--rate", str(RATE), "--limit", str(N_EVENTS), "--no-progress"],
+            produce_command(
+                settings, "--scenario", "natural", "--source", "both", "--rate", str(RATE),
+                "--limit", str(N_EVENTS),
+            ),  # fmt: skip
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         time.sleep(N_EVENTS / RATE * 0.7)  # well into the city rows: drift windows are open

@@ -34,6 +34,7 @@ from tests.helpers_stream import (
     read_topic,
     register_copy,
     send_all,
+    stream_settings,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,17 +55,7 @@ def stream(champion, tmp_path_factory):
     settings, _ = champion
     base = tmp_path_factory.mktemp("stream")
     broker = services.broker(services.free_port(), base / "logs").start()
-    s = Settings(
-        data_dir=settings.data_dir,
-        runs_dir=base / "runs",
-        mlflow_tracking_uri=settings.mlflow_tracking_uri,
-        kafka_bootstrap_servers=f"127.0.0.1:{broker.port}",
-        model_name=settings.model_name,
-        worker_id="stream-it",
-    )
-    from stopdrift_common.topics import ensure_topics
-
-    ensure_topics(s)
+    s = stream_settings(settings, broker, base, "stream-it")
     register_copy(s, MODEL_NAME)
     worker = Worker(s, base / "logs", MODEL_NAME)
     try:
