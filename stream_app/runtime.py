@@ -72,6 +72,7 @@ class WorkerRuntime:
         self.monitor: Any = None
         self.batches = 0
         self._started = False
+        self._table_keys: set[int] = set()  # windows saved in the coordinator's table
         self._start_lock = asyncio.Lock()
         # One scoring thread, always the same: every thread that allocates gets its own malloc
         # arena (and keeps its freed memory), so rotating over the default executor's threads
@@ -198,9 +199,14 @@ class WorkerRuntime:
                     alerts.append(orjson.dumps(alert, default=str))
             except Exception:  # a bad partial must not stop the coordinator
                 log.exception("could not merge a drift partial; skipped")
-        saved = self.monitor.open_windows(touched)
+        # Save the windows these partials changed; delete those closed or evicted since.
+        changed = {int(k) for k in touched}
+        saved = self.monitor.open_windows(changed | self._table_keys)
+        self._table_keys = {k for k, state in saved.items() if state is not None}
         return alerts, {
-            str(k): None if state is None else orjson.dumps(state) for k, state in saved.items()
+            str(k): None if state is None else orjson.dumps(state)
+            for k, state in saved.items()
+            if k in changed or state is None
         }
 
     def restore_windows(self, saved: dict[bytes | str, bytes]) -> None:
@@ -209,6 +215,7 @@ class WorkerRuntime:
             return
         states = {int(k): orjson.loads(v) for k, v in saved.items() if v}
         n = self.monitor.restore_windows(states)
+        self._table_keys = set(states)
         log.warning("restored %d open drift windows from the changelog", n)
 
     def record_lag(
