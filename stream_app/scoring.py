@@ -58,13 +58,13 @@ class Scores:
         return [dict(zip(self.classes, row, strict=True)) for row in rounded]
 
 
-PARALLEL_ROWS = 10_000  # from this many rows, a LightGBM model predicts on every core
+PARALLEL_ROWS = 5_000  # from this many rows, a LightGBM model predicts on every core
 
 
 def predict_params(model: Any, n_rows: int) -> dict[str, Any]:
     """Extra ``predict_proba`` arguments for a call on ``n_rows`` rows: ``num_threads`` for a
     large batch scored by LightGBM (trained with ``n_jobs=1``; each row's result is the same
-    whatever the thread count). Array messages give 20,000-row calls where the model is most
+    whatever the thread count). Array messages give 15,000-row calls where the model is most
     of the time; per-event batches stay on one thread, next to Faust's event loop.
 
     >>> predict_params(object(), 50_000)
