@@ -21,8 +21,10 @@ GRAFANA = MONITORING / "grafana"
 
 def tool(name: str) -> str:
     path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} not installed (Debian packages prometheus / prometheus-alertmanager)")
+    # `make install` installs them: a missing tool is a broken setup, not a reason to skip.
+    assert path, (
+        f"{name} not installed: run `make install` (Debian prometheus, prometheus-alertmanager)"
+    )
     return path
 
 
