@@ -1,4 +1,4 @@
-"""Drift windows as mergeable counts, and a tumbling window assembler by event count.
+"""Drift windows as mergeable counts, and tumbling windows keyed by the events' ``seq``.
 
 A ``WindowPartial`` holds only counts (per numeric feature: histogram on the reference's bins,
 missing and out-of-range counts; per categorical feature: counts per reference category plus an
@@ -11,8 +11,8 @@ A partial's arrays may carry a leading "window" axis: ``stack`` turns W partials
 arrays are ``(W, ...)``, and every statistic in ``stopdrift_common.statistics`` then scores the W
 windows at once (used by the bootstrap and the benchmarks).
 
-``TumblingWindows`` cuts the stream into windows of exactly ``window_events`` events, splitting a
-batch across a boundary, so the windows are identical whatever the batch sizes.
+``SeqWindows`` puts event ``seq`` in window ``seq // window_events``, so the windows are identical
+whatever the batch sizes, partitions or workers the events came through.
 
 >>> import numpy as np, pandas as pd
 >>> from stopdrift_common.schema import MODEL_FEATURES
@@ -30,12 +30,10 @@ batch across a boundary, so the windows are identical whatever the batch sizes.
 (1, [1, 1, 1], 1)
 >>> p.pred_counts.tolist(), round(p.sum_max_proba, 2)
 ([3, 1], 2.8)
->>> w = TumblingWindows(window_events=3)
->>> [(c.index, c.start_event, c.end_event) for c in w.add(df, np.full((4, 2), .5), ["a", "b"],
-...                                                       None, layout)]
-[(0, 0, 3)]
->>> w.current.n
-1
+>>> w = SeqWindows(window_events=3)
+>>> closed = w.add(np.arange(4), df, np.full((4, 2), .5), ["a", "b"], None, layout)
+>>> [(c.index, c.start_event, c.end_event) for c in closed], w.open[1].n
+([(0, 0, 3)], 1)
 """
 
 from __future__ import annotations
@@ -459,123 +457,8 @@ class ClosedWindow:
     end_event: int  # exclusive
     partial: WindowPartial
     closed_at: float
-    closed_by: str  # "count" (window_events reached) or "time" (max_window_seconds passed)
+    closed_by: str  # "count" (window_events reached) or "evicted" (too many windows open)
     rows: pd.DataFrame | None = None  # the window's raw rows, when the assembler keeps them
-
-
-class TumblingWindows:
-    """Tumbling windows of exactly ``window_events`` events, in arrival order.
-
-    ``add`` splits a batch at window boundaries, so the closed windows do not depend on how the
-    stream was cut into batches. With ``max_window_seconds``, a window open that long (by the
-    ``now`` clock passed in, wall-clock by default) is closed early at the next ``add`` or
-    ``tick``: such a window is shorter, and its ``closed_by`` says "time". With ``keep_rows``
-    the assembler keeps the current window's raw rows (at most ``window_events``) for reports.
-    """
-
-    def __init__(
-        self, window_events: int, max_window_seconds: float | None = None, keep_rows: bool = False
-    ):
-        if window_events < 1:
-            raise ValueError(f"window_events must be at least 1, got {window_events}")
-        if max_window_seconds is not None and max_window_seconds <= 0:
-            raise ValueError(f"max_window_seconds must be > 0, got {max_window_seconds}")
-        self.window_events = window_events
-        self.max_window_seconds = max_window_seconds
-        self.keep_rows = keep_rows
-        self._reset()
-
-    def _reset(self) -> None:
-        self.current: WindowPartial | None = None
-        self.events = 0  # events seen in total
-        self.windows = 0  # windows closed
-        self._start = 0
-        self._opened_at: float | None = None
-        self._rows: list[pd.DataFrame] = []
-
-    def reset(self) -> None:
-        """Forget the open window and the counters (e.g. when the model changes)."""
-        self._reset()
-
-    def _close(self, by: str, now: float) -> ClosedWindow:
-        assert self.current is not None
-        rows = pd.concat(self._rows, ignore_index=True) if self._rows else None
-        closed = ClosedWindow(self.windows, self._start, self.events, self.current, now, by, rows)
-        self.windows += 1
-        self._start = self.events
-        self.current = None
-        self._opened_at = None
-        self._rows = []
-        return closed
-
-    def tick(self, now: float | None = None) -> list[ClosedWindow]:
-        """Close the open window if it has been open ``max_window_seconds``."""
-        now = time.time() if now is None else now
-        if (
-            self.max_window_seconds is not None
-            and self.current is not None
-            and self.current.n > 0
-            and self._opened_at is not None
-            and now - self._opened_at >= self.max_window_seconds
-        ):
-            return [self._close("time", now)]
-        return []
-
-    def add(
-        self,
-        features: pd.DataFrame,
-        proba: np.ndarray,
-        classes: Iterable[str],
-        labels: pd.Series | None,
-        layout: Layout,
-        times: np.ndarray | None = None,
-        now: float | None = None,
-        rows: pd.DataFrame | None = None,
-    ) -> list[ClosedWindow]:
-        """Count a batch; return the windows it closed (oldest first). ``rows`` (default:
-        ``features``) are the raw rows kept for reports when ``keep_rows``."""
-        now = time.time() if now is None else now
-        closed = self.tick(now)
-        classes = list(classes)
-        n = len(features)
-        pos = 0
-        while pos < n:
-            if self.current is None:
-                self.current = WindowPartial.empty(layout)
-                self._opened_at = now
-            take = min(self.window_events - self.current.n, n - pos)
-            part = WindowPartial.from_batch(
-                features.iloc[pos : pos + take],
-                proba[pos : pos + take],
-                classes,
-                None if labels is None else labels.iloc[pos : pos + take],
-                layout,
-                None if times is None else times[pos : pos + take],
-            )
-            self.current = self.current.merge(part)
-            if self.keep_rows:
-                src = features if rows is None else rows
-                self._rows.append(src.iloc[pos : pos + take])
-            self.events += take
-            pos += take
-            if self.current.n >= self.window_events:
-                closed.append(self._close("count", now))
-        return closed
-
-    def add_partial(self, partial: WindowPartial, now: float | None = None) -> list[ClosedWindow]:
-        """Add an already-counted batch (e.g. from another worker) as one unit: counts cannot
-        be split, so a window closes once it holds at least ``window_events`` events."""
-        now = time.time() if now is None else now
-        closed = self.tick(now)
-        if self.current is None:
-            self.current = partial
-            self._opened_at = now
-        else:
-            self.current = self.current.merge(partial)
-        self.events += int(partial.n)
-        if self.current.n >= self.window_events:
-            closed.append(self._close("count", now))
-        return closed
 
 
 class SeqWindows:

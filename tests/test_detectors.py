@@ -11,7 +11,7 @@ from stopdrift_common.data import load_source
 from stopdrift_common.schema import CLASSES
 from stopdrift_common.settings import PROJECT_ROOT
 from stream_app.detectors import CalibratedDetector, bootstrap_windows, compute_statistics
-from stream_app.windows import Layout, TumblingWindows
+from stream_app.windows import Layout, SeqWindows
 
 PROBA = [f"proba_{c}" for c in CLASSES]
 
@@ -40,9 +40,9 @@ def test_calibration_is_reproducible(champion):
 
 
 def run_windows(det, layout, df, proba, window_events=500):
-    windows = TumblingWindows(window_events)
+    windows = SeqWindows(window_events)
     flagged = []
-    for c in windows.add(df, proba, CLASSES, None, layout):
+    for c in windows.add(np.arange(len(df)), df, proba, CLASSES, None, layout):
         det.update(compute_statistics(c.partial, layout))
         flagged.append(det.drifted_features)
     return flagged

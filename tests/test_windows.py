@@ -11,7 +11,7 @@ from benchmarks.drift_benchmark import fake_champion
 from stopdrift_common.data import load_source
 from stopdrift_common.schema import CLASSES, MODEL_FEATURES
 from stopdrift_common.settings import PROJECT_ROOT
-from stream_app.windows import Layout, TumblingWindows, WindowPartial
+from stream_app.windows import Layout, SeqWindows, WindowPartial
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,12 @@ def stream():
 
 def windows_for(stream, layout, batch_sizes):
     df, proba = stream
-    w = TumblingWindows(window_events=250)
+    w = SeqWindows(window_events=250)
     closed, pos, i = [], 0, 0
     while pos < len(df):
         size = batch_sizes[i % len(batch_sizes)]
         closed += w.add(
+            np.arange(pos, min(pos + size, len(df))),
             df.iloc[pos : pos + size],
             proba[pos : pos + size],
             CLASSES,
@@ -59,7 +60,7 @@ def test_windows_identical_whatever_the_batch_split(champion, stream):
     ]
     for a, b in zip(one, many, strict=True):
         assert a.partial.equals(b.partial)
-    assert w1.current.n == w2.current.n == 50 and w1.current.equals(w2.current)
+    assert w1.open[5].n == w2.open[5].n == 50 and w1.open[5].equals(w2.open[5])
 
 
 def test_merge_of_two_partials_equals_partial_of_concatenation(champion, stream):
@@ -116,17 +117,6 @@ def test_proba_columns_are_matched_by_class_name(champion):
     a = WindowPartial.from_batch(df, proba, CLASSES, None, layout)
     b = WindowPartial.from_batch(df, proba[:, ::-1], CLASSES[::-1], None, layout)
     assert a.equals(b)
-
-
-def test_time_based_closing(champion, stream):
-    _, _, layout = champion
-    df, proba = stream
-    w = TumblingWindows(window_events=1000, max_window_seconds=10)
-    assert w.add(df.iloc[:10], proba[:10], CLASSES, None, layout, now=100.0) == []
-    assert w.tick(now=105.0) == []
-    closed = w.tick(now=110.0)
-    assert [(c.closed_by, c.partial.n) for c in closed] == [("time", 10)]
-    assert w.current is None
 
 
 def test_seq_windows_count_a_batch_like_one_partial_per_window(champion, stream):
