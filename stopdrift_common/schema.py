@@ -77,6 +77,10 @@ RANGES: dict[str, tuple[float, float | None]] = {
 NULLABLE_TEXT = {"subgeography", "subject_race", "city", "geography"}
 MAX_ARRAY_EVENTS = 1000
 MAX_MESSAGE_BYTES = 1_000_000
+# Numbers are range-checked as they are decoded: integers must fit in 64 bits (a seq in
+# [0, 2^63)), floats must be finite. Python's json (the fallback decoder) accepts integers of
+# any length, and float(10**400) raises; such a value is a reject, never an exception.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # --- building events -----------------------------------------------------------------------------
@@ -106,6 +110,7 @@ class Reject:
     reason: str
     index: int | None = None  # position in an array message
     element: Any = None  # the offending element of an array message
+    seq: int = -1  # the rejected event's seq, when it could be read (drift windows)
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Decoded:
     valid: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     is_array: bool = False
+    valid_index: list[int] = field(default_factory=list)  # each valid event's array index
 
 
 def validate_event(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
@@ -136,8 +142,10 @@ def validate_event(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
     if obj["source"] not in SOURCES:
         return None, "unknown_category:source"
     seq = obj["seq"]
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not isinstance(seq, int) or isinstance(seq, bool):
         return None, "wrong_type:seq"
+    if not 0 <= seq <= INT64_MAX:
+        return None, "out_of_range:seq"
     reason = _check_number("produced_at", obj["produced_at"], (0.0, None), nullable=False)
     if reason:
         return None, reason
@@ -195,7 +203,7 @@ def _plainly_valid(obj: Any) -> bool:
             and type(source) is str
             and source in _SOURCE_SET
             and type(seq) is int
-            and seq >= 0
+            and 0 <= seq <= INT64_MAX
             and type(produced_at) in (float, int)
             and 0.0 <= produced_at <= _FLOAT_MAX
         ):
@@ -213,9 +221,36 @@ def _plainly_valid(obj: Any) -> bool:
             value = obj[name]
             if value is not None and not (type(value) in (float, int) and low <= value <= high):
                 return False
+            if type(value) is int and value > INT64_MAX:  # an int beyond 64 bits
+                return False
     except KeyError:  # a missing field: the checks name it
         return False
     return True
+
+
+def readable_seq(obj: Any) -> int:
+    """The ``seq`` of a decoded element if it is a valid one, else -1: a rejected event still
+    belongs to its drift window when its seq can be read.
+
+    >>> readable_seq({"seq": 12, "hit_rate": 7}), readable_seq({"seq": 2**64}), readable_seq(3)
+    (12, -1, -1)
+    """
+    if isinstance(obj, dict):
+        seq = obj.get("seq")
+        if type(seq) is int and 0 <= seq <= INT64_MAX:
+            return seq
+    return -1
+
+
+def reject_field(reason: str) -> str:
+    """The field a reject names (``out_of_range:hit_rate`` -> ``hit_rate``), or ``message``
+    when the message as a whole was rejected.
+
+    >>> reject_field("out_of_range:hit_rate"), reject_field("invalid_json")
+    ('hit_rate', 'message')
+    """
+    code, _, name = reason.partition(":")
+    return name if name in EVENT_FIELDS else "message"
 
 
 def _check_number(
@@ -225,7 +260,10 @@ def _check_number(
         return None if nullable else f"wrong_type:{name}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"wrong_type:{name}"
-    if not math.isfinite(value):
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            return f"out_of_range:{name}"
+    elif not math.isfinite(value):
         return f"not_finite:{name}"
     low, high = bounds
     if value < low or (high is not None and value > high):
@@ -289,13 +327,17 @@ def decode_message(raw: bytes | None) -> Decoded:
             for i, element in enumerate(obj):
                 event, reason = validate_event(element)
                 if event is None:
-                    out.rejects.append(Reject(reason or "invalid", index=i, element=element))
+                    out.rejects.append(
+                        Reject(reason or "invalid", i, element, readable_seq(element))
+                    )
                 else:
                     out.valid.append(event)
+                    out.valid_index.append(i)
         return out
     event, reason = validate_event(obj)
     if event is None:
-        out.rejects.append(Reject(reason or "invalid"))
+        out.rejects.append(Reject(reason or "invalid", seq=readable_seq(obj)))
     else:
         out.valid.append(event)
+        out.valid_index.append(0)
     return out

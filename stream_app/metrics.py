@@ -39,6 +39,9 @@ DLQ_REASONS = [
     "out_of_range",
     "invalid",
     "scoring_failed",
+    "encoding_failed",
+    "decoding_failed",
+    "processing_failed",
 ]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, 50000)
@@ -100,6 +103,11 @@ class WorkerMetrics:
         )
         self.model_loaded = Gauge(
             "stopdrift_model_loaded", "1 once a champion is loaded and scoring", registry=r
+        )
+        self.write_retries = Counter(
+            "stopdrift_output_write_retries",
+            "Batches whose outputs had to be written again (the broker was away)",
+            registry=r,
         )
         self.last_batch = Gauge(
             "stopdrift_last_batch_timestamp_seconds",

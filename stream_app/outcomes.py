@@ -1,9 +1,17 @@
-"""One batch of raw messages -> its outcomes: scored outputs and dead letters. No Kafka here.
+"""One batch of raw messages -> exactly one outcome per event, whatever the bytes hold.
 
-Every event gets exactly one outcome: a scored result on ``stops.scored`` or a dead letter on
-``stops.dlq``. A single-event message gives one output message; an array message gives ONE array
-output holding its valid elements' results in input order, and one dead letter per bad element.
-A message rejected as a whole (bad JSON, oversize, empty array...) gives one dead letter.
+Every event gets one outcome: a scored result on ``stops.scored`` or a dead letter on
+``stops.dlq`` with its reason. A single-event message gives one output message; an array
+message gives ONE array output holding its valid elements' results in input order, and one
+dead letter per bad element; a message rejected whole (bad JSON, oversize...) gives one dead
+letter. Nothing here raises: an exception while decoding, validating, scoring or encoding an
+event dead-letters that event (a failing scoring call is split in halves until the events it
+cannot score are found: a few calls, not one per event). No Kafka here.
+
+The batch also yields its drift columns (``BatchOutcome.drift``): per valid event its position
+in its partition, its seq, its features, prediction, confidence and label, and per dead letter
+its position, seq (when readable) and the field and reason it was rejected for, which the
+drift monitor turns into data-quality statistics.
 
 >>> import numpy as np
 >>> class Const:
@@ -14,15 +22,18 @@ A message rejected as a whole (bad JSON, oversize, empty array...) gives one dea
 ...                seq=1, produced_at=1.0)
 >>> msgs = [InMessage(dumps(e), b"AZ", "stops.raw", 0, 5), InMessage(b"{", None, "stops.raw", 0, 6)]
 >>> out = process_batch(msgs, Const(), ["black", "hispanic", "white"], "m", "3", "w1", now=2.0)
->>> out.n_scored, out.n_dlq, dict(out.dlq_reasons)
-(1, 1, {'invalid_json': 1})
+>>> out.per_message, dict(out.dlq_reasons)
+([(1, 0), (0, 1)], {'invalid_json': 1})
 >>> orjson.loads(out.scored[0][1])["predicted"], orjson.loads(out.dlq[0][1])["offset"]
 ('white', 6)
+>>> out.drift["rejects"]["seq"], out.drift["rejects"]["field"]
+([-1], ['message'])
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,10 +43,20 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from stopdrift_common.schema import Reject, decode_message
-from stream_app.scoring import Scores, features_frame, score
+from stopdrift_common.schema import (
+    MODEL_FEATURES,
+    TARGET,
+    Decoded,
+    Reject,
+    decode_message,
+    reject_field,
+)
+from stream_app.scoring import features_frame, score
+
+log = logging.getLogger("stopdrift.worker")
 
 DLQ_RAW_LIMIT = 10_000  # bytes of the original message kept in a dead letter
+POSITION_BITS = 10  # an event's position: (offset << 10) | its index in an array message
 
 
 @dataclass(frozen=True)
@@ -51,24 +72,18 @@ class InMessage:
 class BatchOutcome:
     scored: list[tuple[bytes | None, bytes]] = field(default_factory=list)  # (key, value)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    n_scored: int = 0
-    n_dlq: int = 0
+    per_message: list[tuple[int, int]] = field(default_factory=list)  # (scored, dead letters)
     dlq_reasons: Counter = field(default_factory=Counter)  # reason code (no field) -> events
-    events: list[dict[str, Any]] = field(default_factory=list)  # the valid events, in order
-    features: pd.DataFrame | None = None
-    scores: Scores | None = None
+    produced_at: np.ndarray = field(default_factory=lambda: np.zeros(0))  # of scored events
+    drift: dict[str, Any] = field(default_factory=dict)  # columns for the drift monitor
 
     @property
-    def produced_at(self) -> np.ndarray:
-        return np.fromiter((e["produced_at"] for e in self.events), float, len(self.events))
+    def n_scored(self) -> int:
+        return sum(s for s, _ in self.per_message)
 
     @property
-    def seqs(self) -> np.ndarray:
-        return np.fromiter((e["seq"] for e in self.events), np.int64, len(self.events))
-
-    @property
-    def labels(self) -> pd.Series:
-        return pd.Series([e["subject_race"] for e in self.events], dtype=object)
+    def n_dlq(self) -> int:
+        return sum(d for _, d in self.per_message)
 
 
 def split_by_size(messages: Sequence[InMessage], max_bytes: int) -> list[list[InMessage]]:
@@ -100,10 +115,10 @@ def reason_code(reason: str) -> str:
     return reason.split(":", 1)[0]
 
 
-def dead_letter(
-    reject: Reject, message: InMessage, worker_id: str, now: float, whole_message: bool
-) -> bytes:
-    """The DLQ record: why, where from, and the original (text if UTF-8, else base64)."""
+def dead_letter(reject: Reject, message: InMessage, worker_id: str, now: float) -> bytes:
+    """The DLQ record: why, where from, the bad element of an array, and the original message
+    (text if UTF-8, else base64). Always encodable: an element orjson cannot write (an integer
+    beyond 64 bits, a lone surrogate) is kept as its ``repr``."""
     record: dict[str, Any] = {
         "reason": reject.reason,
         "code": reason_code(reject.reason),
@@ -115,8 +130,9 @@ def dead_letter(
     }
     if reject.index is not None:
         record["index"] = reject.index
+    if reject.element is not None:
         record["element"] = reject.element
-    if whole_message:
+    if reject.index is None:  # the whole message: keep the original
         raw = message.value or b""
         kept = raw[:DLQ_RAW_LIMIT]
         record["original_size"] = len(raw)
@@ -125,7 +141,19 @@ def dead_letter(
             record["original_text"] = kept.decode("utf-8")
         except UnicodeDecodeError:
             record["original_base64"] = base64.b64encode(kept).decode("ascii")
-    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS, default=repr)
+    try:
+        return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # the element: beyond 64 bits, a surrogate...
+        record.pop("element", None)
+        record["element_repr"] = repr(reject.element)[:DLQ_RAW_LIMIT]
+        return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass
+class _Event:
+    message: int  # index of its message in the batch
+    index: int  # index in its message (0 for a single event)
+    event: dict[str, Any]
 
 
 def process_batch(
@@ -137,99 +165,157 @@ def process_batch(
     worker_id: str,
     now: float,
 ) -> BatchOutcome:
-    """Decode every message, score all valid events in one call, build the output messages."""
+    """Decode every message, score all valid events in one call (bisecting a failing call),
+    build the output messages and the drift columns."""
+    decoded = [_decode(m) for m in messages]
+    events = [
+        _Event(i, j if d.is_array else 0, e)
+        for i, d in enumerate(decoded)
+        for j, e in _indexed_valid(d)
+    ]
+    frame = features_frame([e.event for e in events])
+    proba, errors = _score_bisect(model, classes, frame)
+
     out = BatchOutcome()
-    decoded = []
-    for message in messages:
-        d = decode_message(message.value)
-        for reject in d.rejects:
-            _dead_letter(out, reject, message, worker_id, now)
-        decoded.append((message, d))
-    events = [e for _, d in decoded for e in d.valid]
-    frame = features_frame(events)
-    try:
-        scores = score(model, classes, frame)
-        ok = np.ones(len(events), dtype=bool)
-    except Exception as exc:  # one poisonous row must not stop the stream: find it
-        scores, ok = _score_one_by_one(model, classes, frame, exc)
-    results = _results(events, scores, ok, model_name, model_version, now)
-    position = 0
-    for message, d in decoded:
-        mine = results[position : position + len(d.valid)]
-        for j, event in enumerate(d.valid):
-            if not ok[position + j]:
-                reject = Reject(f"scoring_failed:{scores.errors.get(position + j, '?')}")
-                if d.is_array:
-                    reject = Reject(reject.reason, index=None, element=event)
-                _dead_letter(out, reject, message, worker_id, now)
-        position += len(d.valid)
-        good = [r for r in mine if r is not None]
-        if not good:
+    results: list[list[tuple[int, bytes]]] = [[] for _ in messages]  # (index, encoded result)
+    rejects: list[list[Reject]] = [list(d.rejects) for d in decoded]
+    rounded = np.round(proba, 6).tolist()
+    top = np.nan_to_num(proba, nan=-1.0).argmax(axis=1) if len(events) else np.zeros(0, int)
+    predicted = np.asarray(classes, dtype=object)[top].tolist()
+    scored_rows: list[int] = []
+    for row, ev in enumerate(events):
+        if row in errors:
+            rejects[ev.message].append(_scoring_reject(errors[row], ev, decoded[ev.message]))
             continue
-        if d.is_array:
-            out.scored.append((message.key, orjson.dumps(good)))
-        else:
-            out.scored.append((message.key, orjson.dumps(good[0])))
-    out.events = [e for e, keep in zip(events, ok, strict=True) if keep]
-    out.features = frame[ok].reset_index(drop=True) if not ok.all() else frame
-    out.scores = Scores(scores.proba[ok], list(classes))
-    out.n_scored = len(out.events)
-    out.n_dlq = len(out.dlq)
+        result = {
+            "event_id": ev.event["event_id"],
+            "predicted": predicted[row],
+            "probabilities": dict(zip(classes, rounded[row], strict=True)),
+            "model_name": model_name,
+            "model_version": model_version,
+            "source": ev.event["source"],
+            "seq": ev.event["seq"],
+            "produced_at": ev.event["produced_at"],
+            "scored_at": now,
+        }
+        try:
+            encoded = orjson.dumps(result)
+        except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. a lone surrogate in event_id
+            rejects[ev.message].append(
+                _as_element(
+                    Reject(f"encoding_failed:{type(exc).__name__}"), ev, decoded[ev.message]
+                )
+            )
+            continue
+        results[ev.message].append((ev.index, encoded))
+        scored_rows.append(row)
+
+    for i, message in enumerate(messages):
+        good = results[i]
+        if good:
+            array = decoded[i].is_array
+            value = b"[" + b",".join(v for _, v in good) + b"]" if array else good[0][1]
+            out.scored.append((message.key, value))
+        for reject in rejects[i]:
+            out.dlq.append((message.key, dead_letter(reject, message, worker_id, now)))
+            out.dlq_reasons[reason_code(reject.reason)] += 1
+        out.per_message.append((len(good), len(rejects[i])))
+
+    kept = [events[r] for r in scored_rows]
+    out.produced_at = np.fromiter((e.event["produced_at"] for e in kept), float, len(kept))
+    out.drift = _drift_columns(
+        messages, rejects, kept, frame.iloc[scored_rows], proba[scored_rows], classes
+    )
     return out
 
 
-def _dead_letter(
-    out: BatchOutcome, reject: Reject, message: InMessage, worker_id: str, now: float
-) -> None:
-    whole = reject.index is None and reject.element is None
-    out.dlq.append((message.key, dead_letter(reject, message, worker_id, now, whole)))
-    out.dlq_reasons[reason_code(reject.reason)] += 1
+def _decode(message: InMessage) -> Decoded:
+    try:
+        return decode_message(message.value)
+    except Exception as exc:  # the contract says it never raises: keep the promise anyway
+        log.exception("decoding a message raised")
+        return Decoded(rejects=[Reject(f"decoding_failed:{type(exc).__name__}")])
 
 
-def _score_one_by_one(
-    model: Any, classes: Sequence[str], frame: pd.DataFrame, first_error: Exception
-) -> tuple[Scores, np.ndarray]:
+def _indexed_valid(d: Decoded) -> list[tuple[int, dict[str, Any]]]:
+    """(index in the message, event) of each valid event."""
+    if not d.is_array:
+        return [(0, e) for e in d.valid]
+    return list(zip(d.valid_index, d.valid, strict=True))
+
+
+def _as_element(reject: Reject, ev: _Event, d: Decoded) -> Reject:
+    seq = ev.event["seq"]
+    if d.is_array:
+        return Reject(reject.reason, index=ev.index, element=ev.event, seq=seq)
+    return Reject(reject.reason, seq=seq)
+
+
+def _scoring_reject(error: str, ev: _Event, d: Decoded) -> Reject:
+    return _as_element(Reject(f"scoring_failed:{error}"), ev, d)
+
+
+def _score_bisect(
+    model: Any, classes: Sequence[str], frame: pd.DataFrame
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities of every row, and the rows the model could not score (row -> error).
+    One call when the whole frame scores; otherwise each failing half is split again."""
     proba = np.full((len(frame), len(classes)), np.nan)
-    ok = np.zeros(len(frame), dtype=bool)
     errors: dict[int, str] = {}
-    for i in range(len(frame)):
+
+    def run(lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
         try:
-            proba[i] = score(model, classes, frame.iloc[i : i + 1]).proba[0]
-            ok[i] = True
+            p = score(model, classes, frame.iloc[lo:hi]).proba
+            if not np.isfinite(p).all():
+                raise ValueError("non-finite probabilities")
+            proba[lo:hi] = p
         except Exception as exc:
-            errors[i] = type(exc).__name__
-    return Scores(proba, list(classes), errors), ok
+            if hi - lo == 1:
+                errors[lo] = type(exc).__name__
+                return
+            mid = (lo + hi) // 2
+            run(lo, mid)
+            run(mid, hi)
+
+    run(0, len(frame))
+    return proba, errors
 
 
-def _results(
-    events: list[dict[str, Any]],
-    scores: Scores,
-    ok: np.ndarray,
-    model_name: str,
-    model_version: str,
-    now: float,
-) -> list[dict[str, Any] | None]:
-    """One result per event (None where scoring failed)."""
-    proba = np.where(ok[:, None], scores.proba, 0.0) if len(events) else scores.proba
-    tidy = Scores(proba, scores.classes)
-    classes = tidy.classes
-    # the same values as Scores.probabilities, in one pass (this runs once per event)
-    rounded = np.round(tidy.proba, 6).tolist()
-    return [
-        {
-            "event_id": e["event_id"],
-            "predicted": predicted,
-            "probabilities": dict(zip(classes, row, strict=True)),
-            "model_name": model_name,
-            "model_version": model_version,
-            "source": e["source"],
-            "seq": e["seq"],
-            "produced_at": e["produced_at"],
-            "scored_at": now,
-        }
-        if keep
-        else None
-        for e, predicted, row, keep in zip(
-            events, tidy.predicted, rounded, ok.tolist(), strict=True
-        )
-    ]
+def _drift_columns(
+    messages: Sequence[InMessage],
+    rejects: list[list[Reject]],
+    kept: list[_Event],
+    frame: pd.DataFrame,
+    proba: np.ndarray,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """The drift monitor's columns (see ``drift.monitor``): scored events and rejects, each
+    with its partition, position and seq."""
+    partition = [messages[e.message].partition for e in kept]
+    events: dict[str, Any] = {
+        "partition": partition,
+        "position": [(messages[e.message].offset << POSITION_BITS) | e.index for e in kept],
+        "seq": [e.event["seq"] for e in kept],
+    }
+    for col in MODEL_FEATURES:
+        events[col] = frame[col].tolist() if col in frame else []
+    events["predicted"] = (
+        np.asarray(classes, dtype=object)[proba.argmax(axis=1)].tolist() if len(kept) else []
+    )
+    events["confidence"] = proba.max(axis=1).tolist() if len(kept) else []
+    events["label"] = [e.event.get(TARGET) for e in kept]
+
+    # Rejects are windowed by their own seq when it can be read (-1: in no window; a message
+    # that is not JSON has none, and guessing one would split a window across workers).
+    rej: dict[str, list] = {"partition": [], "position": [], "seq": [], "field": [], "reason": []}
+    for i, message in enumerate(messages):
+        for reject in rejects[i]:
+            index = reject.index if reject.index is not None else 0
+            rej["partition"].append(message.partition)
+            rej["position"].append((message.offset << POSITION_BITS) | min(index, 1023))
+            rej["seq"].append(reject.seq)
+            rej["field"].append(reject_field(reject.reason))
+            rej["reason"].append(reason_code(reject.reason))
+    return {"events": events, "rejects": rej}

@@ -1,10 +1,11 @@
-"""What the worker does with one batch, between Kafka in and Kafka out.
+"""What a worker does with one batch of ``stops.raw``, between Kafka in and Kafka out.
 
-``WorkerRuntime.handle`` decodes and scores the batch (``outcomes.process_batch``), feeds the
-drift monitor once, hands every output to the given ``write`` coroutine (``app.py``: produce
-batches, one delivery future per partition, gathered once), and only then updates the
-metrics. The agent acks the batch after ``handle`` returns, so offsets are committed only for
-batches whose outcomes are written.
+``WorkerRuntime.handle`` scores the batch in the scoring thread (``outcomes.process_batch``: it
+never raises; a batch whose processing fails anyway is split in halves until the messages it
+fails on are dead-lettered), hands every output (scored results, dead letters, the drift
+partial for the coordinator) to ``write``, and only then updates the metrics. The agent acks
+the batch after ``handle`` returns, so offsets are committed only for events whose outcome is
+written. ``write`` raising is a transport problem (the broker is away): the agent retries.
 """
 
 from __future__ import annotations
@@ -21,29 +22,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import orjson
 
+from stopdrift_common.schema import Reject
 from stopdrift_common.settings import Settings
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_watch import ModelWatch
-from stream_app.outcomes import BatchOutcome, InMessage, process_batch
+from stream_app.outcomes import BatchOutcome, InMessage, dead_letter, process_batch, reason_code
 
 log = logging.getLogger("stopdrift.worker")
 
 # write([(topic, key, value), ...]) returns once the broker has every message (raises if not)
 Write = Callable[[list[tuple[str, bytes | None, bytes]]], Awaitable[None]]
-
-
-def _monitor_class():
-    """The drift monitor, when that part of the project is installed (it is optional here)."""
-    try:
-        from stream_app.monitor import DriftMonitor
-    except ImportError:
-        return None
-    return DriftMonitor
-
+Output = tuple[str, bytes | None, bytes]
 
 TRIM_AFTER_BYTES = 1_000_000  # a batch this large leaves tens of MB of freed heap behind
+PARTIAL_EVENTS = 2000  # events per drift partial message (keeps each well under 1 MB)
 
 
 def _release_free_memory() -> None:
@@ -69,10 +64,8 @@ class WorkerRuntime:
         self.metrics = metrics
         self.watch = watch
         self.instance = f"{settings.worker_id}@{socket.gethostname()}:{os.getpid()}"
-        self.monitor: Any = None
         self.batches = 0
         self._started = False
-        self._table_keys: set[int] = set()  # windows saved in the coordinator's table
         self._start_lock = asyncio.Lock()
         # One scoring thread, always the same: every thread that allocates gets its own malloc
         # arena (and keeps its freed memory), so rotating over the default executor's threads
@@ -84,38 +77,15 @@ class WorkerRuntime:
         """Load the first champion (both agents call this; the first call does the work)."""
         async with self._start_lock:
             if not self._started:
-                await self._use(await self.watch.load_initial())
+                self._use(await self.watch.load_initial())
                 self._started = True
 
     async def poll_model(self) -> None:
         champion = await self.watch.poll()
         if champion is not None:
-            await self._use(champion)
+            self._use(champion)
 
-    async def _use(self, champion) -> None:
-        monitor_class = _monitor_class()
-        if monitor_class is not None:
-            try:
-                if self.monitor is None:
-                    self.monitor = await asyncio.to_thread(
-                        monitor_class,
-                        champion.reference,
-                        champion.reference_rows,
-                        self.settings,
-                        champion.version,
-                        self.settings.runs_dir / "reports",
-                    )
-                else:
-                    await asyncio.to_thread(
-                        self.monitor.reset,
-                        champion.reference,
-                        champion.reference_rows,
-                        champion.version,
-                    )
-                self.monitor.run_id = champion.run_id  # reports are logged to its run
-            except Exception:  # drift monitoring must not stop scoring
-                log.exception("drift monitor could not start; scoring continues without it")
-                self.monitor = None
+    def _use(self, champion: Any) -> None:
         self.metrics.set_model(champion.name, champion.version)
         _freeze_heap()
 
@@ -125,7 +95,7 @@ class WorkerRuntime:
         assert champion is not None, "handle() before start()"
         # In a thread: the model (LightGBM, numpy) runs without the GIL, so the event loop keeps
         # taking Faust's next messages meanwhile; batches still run one at a time.
-        outcome, outputs, scoring_seconds = await asyncio.get_running_loop().run_in_executor(
+        outcome, outputs, seconds = await asyncio.get_running_loop().run_in_executor(
             self._scorer, self._outputs, messages, champion, time.time()
         )
         await write(outputs)
@@ -136,7 +106,7 @@ class WorkerRuntime:
         m = self.metrics
         m.record_outcomes(outcome.n_scored, outcome.dlq_reasons)
         m.batch_size.observe(outcome.n_scored + outcome.n_dlq)
-        m.scoring.observe(scoring_seconds)
+        m.scoring.observe(seconds)
         if outcome.n_scored:
             m.observe_latencies(written - outcome.produced_at)
         m.last_batch.set(written)
@@ -145,78 +115,40 @@ class WorkerRuntime:
 
     def _outputs(
         self, messages: Sequence[InMessage], champion: Any, now: float
-    ) -> tuple[BatchOutcome, list[tuple[str, bytes | None, bytes]], float]:
+    ) -> tuple[BatchOutcome, list[Output], float]:
         """Score the batch and build every output message (no I/O: runs in a thread)."""
-        topics = self.settings.topics
         started = time.perf_counter()
-        outcome = process_batch(
-            messages,
-            champion.model,
-            champion.classes,
-            champion.name,
-            champion.version,
-            self.instance,
-            now,
-        )
-        scoring_seconds = time.perf_counter() - started
-        outputs = [(topics.scored, k, v) for k, v in outcome.scored]
+        outcome = self._process(list(messages), champion, now)
+        seconds = time.perf_counter() - started
+        topics = self.settings.topics
+        outputs: list[Output] = [(topics.scored, k, v) for k, v in outcome.scored]
         outputs += [(topics.dlq, k, v) for k, v in outcome.dlq]
-        partials = self._drift_partials(outcome, champion.classes)
-        if partials is not None:
-            outputs.append((self.settings.partials_topic, None, partials))
-        return outcome, outputs, scoring_seconds
+        for partial in self.partials(outcome, champion.version):
+            outputs.append((self.settings.partials_topic, None, partial))
+        return outcome, outputs, seconds
 
-    def _drift_partials(self, outcome: BatchOutcome, classes: list[str]) -> bytes | None:
-        """The batch's drift counts per window, for the coordinator (``merge_partials``)."""
-        if self.monitor is None or not outcome.n_scored:
-            return None
+    def _process(self, messages: list[InMessage], champion: Any, now: float) -> BatchOutcome:
+        """``process_batch``, bisected over messages if it raises (it should not: a bug must
+        cost the messages it fails on, not the stream)."""
         try:
-            features = outcome.features.assign(source=[e["source"] for e in outcome.events])
-            message = self.monitor.partials_message(
-                outcome.seqs, features, outcome.scores.proba, classes, outcome.labels
+            return process_batch(
+                messages,
+                champion.model,
+                champion.classes,
+                champion.name,
+                champion.version,
+                self.instance,
+                now,
             )
-            return orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
-        except Exception:  # a drift bug must not stop scoring: log it, keep going
-            log.exception("drift monitor failed on a batch; scoring continues")
-            return None
-
-    def merge_partials(
-        self, values: Sequence[bytes]
-    ) -> tuple[list[bytes], dict[str, bytes | None]]:
-        """Coordinator side: merge every worker's partials. Returns the drift alerts to send and
-        the windows whose counts changed (key -> saved state, None once closed), for the
-        coordinator's changelog-backed table."""
-        if self.monitor is None:
-            return [], {}
-        alerts: list[bytes] = []
-        touched: set[str] = set()
-        for value in values:
-            try:
-                message = orjson.loads(value)
-                touched.update(message.get("windows", {}))
-                for alert in self.monitor.update_partials(message):
-                    alert["worker_id"] = self.settings.worker_id  # the group that counted it
-                    alerts.append(orjson.dumps(alert, default=str))
-            except Exception:  # a bad partial must not stop the coordinator
-                log.exception("could not merge a drift partial; skipped")
-        # Save the windows these partials changed; delete those closed or evicted since.
-        changed = {int(k) for k in touched}
-        saved = self.monitor.open_windows(changed | self._table_keys)
-        self._table_keys = {k for k, state in saved.items() if state is not None}
-        return alerts, {
-            str(k): None if state is None else orjson.dumps(state)
-            for k, state in saved.items()
-            if k in changed or state is None
-        }
-
-    def restore_windows(self, saved: dict[bytes | str, bytes]) -> None:
-        """Coordinator start: reopen the windows the table rebuilt from its changelog."""
-        if self.monitor is None or not saved:
-            return
-        states = {int(k): orjson.loads(v) for k, v in saved.items() if v}
-        n = self.monitor.restore_windows(states)
-        self._table_keys = set(states)
-        log.warning("restored %d open drift windows from the changelog", n)
+        except Exception as exc:
+            if len(messages) > 1:
+                mid = len(messages) // 2
+                first = self._process(messages[:mid], champion, now)
+                return _concat(first, self._process(messages[mid:], champion, now))
+            log.exception("processing a message failed: dead-lettered")
+            return _failed(
+                messages[0], f"processing_failed:{type(exc).__name__}", self.instance, now
+            )
 
     def record_lag(
         self, partitions: dict[int, int], highwater: Callable[[int], int | None]
@@ -227,3 +159,54 @@ class WorkerRuntime:
             hw = highwater(partition)
             if hw is not None and hw >= 0:
                 self.metrics.lag.labels(str(partition)).set(max(hw - offset - 1, 0))
+
+    def partials(self, outcome: BatchOutcome, model_version: str) -> list[bytes]:
+        """The batch's drift columns as ``drift.partials`` messages of at most
+        ``PARTIAL_EVENTS`` events each, tagged with the model version that scored them and an
+        id (worker, partition and position range)."""
+        events, rejects = outcome.drift.get("events", {}), outcome.drift.get("rejects", {})
+        n_events, n_rejects = len(events.get("seq", [])), len(rejects.get("seq", []))
+        out = []
+        for start in range(0, max(n_events, n_rejects), PARTIAL_EVENTS):
+            part_events = {c: v[start : start + PARTIAL_EVENTS] for c, v in events.items()}
+            part_rejects = {c: v[start : start + PARTIAL_EVENTS] for c, v in rejects.items()}
+            positions: dict[int, list[int]] = {}
+            for p, pos in zip(
+                part_events.get("partition", []) + part_rejects.get("partition", []),
+                part_events.get("position", []) + part_rejects.get("position", []),
+                strict=True,
+            ):
+                positions.setdefault(p, []).append(pos)
+            ranges = ",".join(f"{p}:{min(v)}-{max(v)}" for p, v in sorted(positions.items()))
+            message = {
+                "id": f"{self.instance}/{ranges}",
+                "worker": self.instance,
+                "model_version": str(model_version),
+                "events": part_events,
+                "rejects": part_rejects,
+            }
+            out.append(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY))
+        return out
+
+
+def _concat(a: BatchOutcome, b: BatchOutcome) -> BatchOutcome:
+    drift: dict[str, Any] = {}
+    for part in ("events", "rejects"):
+        x, y = a.drift.get(part, {}), b.drift.get(part, {})
+        drift[part] = {c: list(x.get(c, [])) + list(y.get(c, [])) for c in {*x, *y}}
+    return BatchOutcome(
+        scored=a.scored + b.scored,
+        dlq=a.dlq + b.dlq,
+        per_message=a.per_message + b.per_message,
+        dlq_reasons=a.dlq_reasons + b.dlq_reasons,
+        produced_at=np.concatenate([a.produced_at, b.produced_at]),
+        drift=drift,
+    )
+
+
+def _failed(message: InMessage, reason: str, worker_id: str, now: float) -> BatchOutcome:
+    out = BatchOutcome()
+    out.dlq.append((message.key, dead_letter(Reject(reason), message, worker_id, now)))
+    out.dlq_reasons[reason_code(reason)] += 1
+    out.per_message.append((0, 1))
+    return out

@@ -90,7 +90,7 @@ def drop(field: str) -> dict:
         (good(event_id=""), "wrong_type:event_id"),
         (good(event_id=5), "wrong_type:event_id"),
         (good(source="county"), "unknown_category:source"),
-        (good(seq=-1), "wrong_type:seq"),
+        (good(seq=-1), "out_of_range:seq"),
         (good(seq=1.5), "wrong_type:seq"),
         (good(seq=True), "wrong_type:seq"),
         (good(produced_at=None), "wrong_type:produced_at"),
@@ -116,6 +116,28 @@ def test_nan_and_infinity_are_rejected_as_not_finite(literal):
     # Python's json.dumps writes these non-standard literals for float('nan') / float('inf').
     raw = dumps(good()).replace(b'"stops_per_year":7064.9', f'"stops_per_year":{literal}'.encode())
     assert reasons(raw) == ["not_finite:stops_per_year"]
+
+
+@pytest.mark.parametrize(
+    ("field", "literal", "reason"),
+    [
+        ("stops_per_year", "9" * 400, "out_of_range:stops_per_year"),
+        ("stops_per_year", "-" + "9" * 400, "out_of_range:stops_per_year"),
+        ("seq", str(2**63), "out_of_range:seq"),
+        ("seq", str(2**64), "wrong_type:seq"),  # orjson reads integers past 64 bits as floats
+        ("seq", "9" * 400, "out_of_range:seq"),
+        ("hit_rate", "1e400", "not_finite:hit_rate"),
+    ],
+)
+def test_numbers_beyond_64_bits_or_float_range_are_rejects_not_errors(field, literal, reason):
+    # orjson refuses the longest; the lenient decoder reads them as ints of any size (or inf).
+    zero, value = f'"{field}":0'.encode(), f'"{field}":{literal}'.encode()
+    raw = dumps(good(**{field: 0})).replace(zero, value)
+    assert reasons(raw) == [reason]
+
+
+def test_the_largest_64_bit_seq_is_valid():
+    assert reasons(dumps(good(seq=2**63 - 1))) == []
 
 
 def test_nullable_fields_may_be_null():

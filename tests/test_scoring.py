@@ -81,19 +81,25 @@ def test_a_batch_of_mixed_messages_gives_one_outcome_per_event_in_order(rows, pi
     assert [s["predicted"] for s in singles] == list(expected)
 
 
-def test_a_row_the_model_cannot_score_is_dead_lettered_not_fatal(rows, pipeline):
+def test_a_row_the_model_cannot_score_is_found_by_bisection_and_dead_lettered(rows, pipeline):
+    calls = []
+
     class Picky:
         def predict_proba(self, frame):
+            calls.append(len(frame))
             if (frame["stops_per_year"] > 1e9).any():
                 raise ValueError("too big")
             return pipeline.predict_proba(frame)
 
-    events = to_events(rows.iloc[:5], 0, 1.0)
-    events[2]["stops_per_year"] = 1e10
+    events = to_events(rows.iloc[:64], 0, 1.0)
+    events[37]["stops_per_year"] = 1e10
     messages = [InMessage(v, k, "t", 0, i) for i, (k, v, _) in enumerate(pack(events, 1))]
     out = process_batch(messages, Picky(), list(pipeline.classes_), "m", "1", "w", now=1.0)
-    assert out.n_scored == 4 and dict(out.dlq_reasons) == {"scoring_failed": 1}
-    assert len(out.features) == 4 and out.scores.proba.shape == (4, 3)
+    assert out.n_scored == 63 and dict(out.dlq_reasons) == {"scoring_failed": 1}
+    assert [s == (1, 0) for s in out.per_message].count(False) == 1
+    assert out.per_message[37] == (0, 1)
+    assert len(calls) <= 2 * 6 + 1  # halves down to the bad row, not one call per row
+    assert len(out.drift["events"]["seq"]) == 63 and out.drift["rejects"]["seq"] == [37]
 
 
 @pytest.mark.integration
