@@ -35,7 +35,7 @@ class Champion:
     run_id: str
     model: Any  # sklearn Pipeline with predict_proba; columns in ``classes`` order
     reference: dict[str, Any]
-    reference_rows: pd.DataFrame | None
+    reference_rows: pd.DataFrame
 
     @property
     def classes(self) -> list[str]:
@@ -64,7 +64,9 @@ def champion_version(settings: Settings) -> str | None:
 
 
 def load_champion(settings: Settings, version: str | None = None) -> Champion:
-    """Load the champion (or a given version) with its reference statistics and rows."""
+    """Load the champion (or a given version) with its reference statistics and rows. A
+    version without its reference rows is refused: the stream would score with no drift
+    monitoring."""
     import mlflow.sklearn
 
     c = client(settings)
@@ -75,16 +77,38 @@ def load_champion(settings: Settings, version: str | None = None) -> Champion:
             f"{settings.mlflow_tracking_uri}: run `stopdrift train` first"
         )
     mv = c.get_model_version(settings.model_name, version)
+    reference, rows = load_reference(settings, str(version), run_id=mv.run_id)
     model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/{version}")
-    with tempfile.TemporaryDirectory() as tmp:
-        stats_path = c.download_artifacts(mv.run_id, REFERENCE_STATS_ARTIFACT, tmp)
-        reference = json.loads(Path(stats_path).read_text())
-        try:
-            rows_path = c.download_artifacts(mv.run_id, REFERENCE_ROWS_ARTIFACT, tmp)
-            rows = pd.read_parquet(rows_path)
-        except Exception:  # rows are optional: statistics alone are enough to score drift
-            rows = None
     return Champion(settings.model_name, str(version), mv.run_id, model, reference, rows)
+
+
+def load_reference(
+    settings: Settings, version: str, run_id: str | None = None
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A version's reference statistics and rows (what its drift is measured against)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    run_id = run_id or c.get_model_version(settings.model_name, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            stats_path = c.download_artifacts(run_id, REFERENCE_STATS_ARTIFACT, tmp)
+            rows_path = c.download_artifacts(run_id, REFERENCE_ROWS_ARTIFACT, tmp)
+        except (MlflowException, OSError) as exc:
+            raise UserError(
+                f"model {settings.model_name} version {version} has no reference "
+                f"({REFERENCE_STATS_ARTIFACT}, {REFERENCE_ROWS_ARTIFACT}): it was not "
+                f"registered by `stopdrift train` ({str(exc).splitlines()[0][:120]})"
+            ) from None
+        reference = json.loads(Path(stats_path).read_text())
+        rows = pd.read_parquet(rows_path)
+    missing = [f"proba_{c}" for c in reference.get("classes", []) if f"proba_{c}" not in rows]
+    if not reference.get("classes") or missing:
+        raise UserError(
+            f"model {settings.model_name} version {version}: reference rows lack "
+            f"{', '.join(missing) or 'classes'}"
+        )
+    return reference, rows
 
 
 def require_mlflow(settings: Settings, timeout: float = 3.0) -> None:

@@ -1,14 +1,14 @@
-"""The Faust app, top-down: settings -> app -> topics -> agents -> timers.
+"""The Faust app, top-down: settings -> app -> topics -> table -> agents -> timers.
 
 Two agents: ``score`` (every worker, on its share of ``stops.raw``) scores micro-batches and
-sends each batch's drift counts to ``drift.partials``; ``drift`` (the one worker owning that
-single partition) merges them into windows and sends alerts to ``drift.alerts``.
+sends each batch's drift columns to ``drift.partials.<group>``; ``drift`` (the one worker owning
+that single partition) merges them into windows, tests the windows that close and sends alerts
+to ``drift.alerts``. A timer closes idle windows; another polls the registry for a new champion.
 
-The agent is thin: it takes micro-batches of raw messages and hands them to ``WorkerRuntime``
-(decode, score in one call, drift, outputs). Settings here are the ones measured to work with the
-embedded Tansu broker (docs: /work/shared/NOTES.md): short group timeouts, an in-memory store,
-raw bytes in (we decode with orjson ourselves), outputs through ``app.producer.send`` with one
-gather per batch.
+The agents are thin: the work lives in ``WorkerRuntime`` (scoring) and ``Coordinator`` (drift).
+Settings here are the ones measured to work with the embedded Tansu broker (docs/NOTES in the
+README's pitfalls): short group timeouts, an in-memory store, raw bytes in (decoded with orjson
+by the runtime), outputs as whole produce batches with one gather per batch.
 """
 
 from __future__ import annotations
@@ -21,10 +21,16 @@ from pathlib import Path
 import faust
 
 from stopdrift_common.settings import Settings
+from stream_app.coordinator import Coordinator
 from stream_app.outcomes import InMessage, split_by_size
 from stream_app.runtime import WorkerRuntime
 
 log = logging.getLogger("stopdrift.worker")
+
+FETCH_MAX_WAIT_MS = 50
+WRITE_ATTEMPTS = 8  # about 2.5 minutes of retries while the broker is away, then exit
+MAX_HANDLE_BYTES = 6_000_000  # about 15,000 events per scoring call (8 MB: +50 MB resident)
+TICK_SECONDS = 1.0
 
 
 def faust_settings(settings: Settings) -> dict:
@@ -49,11 +55,6 @@ def faust_settings(settings: Settings) -> dict:
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
     )
-
-
-FETCH_MAX_WAIT_MS = 50
-HANDLE_ATTEMPTS = 8  # about 2.5 minutes of retries
-MAX_HANDLE_BYTES = 6_000_000  # about 15,000 events per scoring call (8 MB: +50 MB resident)
 
 
 def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
@@ -121,12 +122,38 @@ class BatchWriter:
         await asyncio.gather(*futures)
 
 
-def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
+def transport_error(exc: BaseException) -> bool:
+    """True for a failure that may pass when retried (the broker away, a leader moving); a
+    deterministic one (a message too large, a bug) is not retried."""
+    from aiokafka.errors import KafkaError
+
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in (
+            "KafkaConnectionError",
+            "KafkaTimeoutError",
+            "NodeNotReadyError",
+        )
+    return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
+
+
+def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordinator) -> faust.App:
     limit_fetch_wait()
     app = faust.App(settings.worker_id, **faust_settings(settings))
 
     raw = app.topic(settings.topics.raw, key_serializer="raw", value_serializer="raw")
+    partials = app.topic(
+        settings.partials_topic, key_serializer="raw", value_serializer="raw", partitions=1
+    )
     writer = BatchWriter(app)
+    coordinator.flush = app.producer.flush
+
+    # Window states of the drift coordinator, backed by a changelog topic: the worker that
+    # owns the partials partition (after a restart or a rebalance) rebuilds them from Kafka.
+    # One partition, written with the partitioner: take_events has no "current event" for the
+    # table to take a partition from.
+    windows = app.Table(
+        "drift-windows", partitions=1, key_type=str, value_type=bytes, use_partitioner=True
+    )
 
     @app.agent(raw, name="score")
     async def score(stream):
@@ -148,55 +175,57 @@ def create_app(settings: Settings, runtime: WorkerRuntime) -> faust.App:
             # take_events acks the whole batch when this iteration ends: after the outputs.
 
     async def handle_or_exit(messages: list[InMessage]) -> None:
-        """Retry a batch whose outputs could not be written (broker away); if it keeps failing,
-        exit at once. An exception must not leave the loop: ``take_events`` would then ack the
-        batch in its ``finally`` and its offsets could be committed without outcomes."""
-        for attempt in range(1, HANDLE_ATTEMPTS + 1):
+        """Retry a batch whose outputs could not be written while the broker is away; exit
+        (without committing) if it stays away or the failure is not a transport one. An
+        exception must not leave the loop: ``take_events`` would ack the batch in its
+        ``finally`` and commit offsets without outcomes."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 await runtime.handle(messages, writer.write)
                 return
             except Exception as exc:
+                runtime.metrics.write_retries.inc()
+                if not transport_error(exc):
+                    log.critical("writing a batch failed for good (%r): exiting uncommitted", exc)
+                    os._exit(3)
                 wait = min(2.0**attempt, 30.0)
                 log.error(
-                    "batch of %d messages failed (attempt %d/%d: %r); retrying in %.0f s",
+                    "writing a batch of %d messages failed (attempt %d/%d: %r); retrying in %.0f s",
                     len(messages),
                     attempt,
-                    HANDLE_ATTEMPTS,
+                    WRITE_ATTEMPTS,
                     exc,
                     wait,
                 )
                 await asyncio.sleep(wait)
-        log.critical("giving up on the batch: exiting without committing its offsets")
+        log.critical("the broker stayed away: exiting without committing the batch")
         os._exit(3)  # a supervisor restarts the worker; the batch is read again
-
-    partials = app.topic(
-        settings.partials_topic, key_serializer="raw", value_serializer="raw", partitions=1
-    )
-
-    # The counts of windows still open live in a changelog-backed table too: a restarted (or
-    # newly assigned) coordinator rebuilds them from Kafka instead of losing them.
-    # (One partition, so the producer's partitioner can place changelog writes: take_events has
-    # no "current event" for the table to read a partition from.)
-    open_windows = app.Table(
-        "drift-open-windows", partitions=1, key_type=bytes, value_type=bytes, use_partitioner=True
-    )
 
     @app.agent(partials, name="drift")
     async def drift(stream):
-        # One partition: exactly one worker of the group merges every worker's drift counts.
-        await runtime.start()
-        restored = False
         async for events in stream.take_events(500, within=settings.batch_within_seconds):
-            if not restored:  # the first batch comes after the table's recovery
-                runtime.restore_windows(dict(open_windows.items()))
-                restored = True
-            alerts, changed = runtime.merge_partials([e.message.value for e in events])
-            for key, state in changed.items():
-                if state is None:
-                    open_windows.pop(key.encode(), None)
-                else:
-                    open_windows[key.encode()] = state
-            await writer.write([(settings.topics.alerts, None, a) for a in alerts])
+            if not coordinator.active:
+                continue
+            try:
+                await coordinator.merge([e.message.value for e in events], writer.write, windows)
+            except Exception:  # a bug: restart rather than ack partials that were not merged
+                log.critical("the drift coordinator failed: exiting uncommitted", exc_info=True)
+                os._exit(3)
+
+    @app.on_rebalance_complete.connect
+    async def reassigned(sender, **kwargs) -> None:
+        # After the table's recovery: restore the windows if this worker coordinates now.
+        owns = faust.types.TP(settings.partials_topic, 0) in app.assignor.assigned_actives()
+        await coordinator.assigned(owns, dict(windows.items()) if owns else {})
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender, revoked, **kwargs) -> None:
+        coordinator.active = False  # until the next assignment says otherwise
+
+    @app.timer(interval=TICK_SECONDS, name="drift_tick")
+    async def drift_tick() -> None:
+        if coordinator.active:
+            await coordinator.tick(writer.write, windows)
 
     def highwater(partition: int) -> int | None:
         try:

@@ -1,23 +1,33 @@
-"""Prometheus view of the drift monitor: a custom Collector that reads ``monitor.latest`` (the
-last closed window) on each scrape and yields fresh gauge families. Nothing is stored in
-prometheus_client itself, so a new champion (new features, new thresholds) never leaves stale
-label children behind.
+"""Prometheus view of the drift coordinator: a custom Collector that reads the coordinator on
+each scrape and yields fresh metric families. Nothing is stored in prometheus_client itself,
+so a new champion (new thresholds) never leaves stale label children behind, and only the
+worker that coordinates exports drift gauges (the others export ``stopdrift_drift_coordinator
+0``).
 
-Labels are bounded: ``feature`` is a monitored feature (numeric + categorical + ``prediction`` +
-``confidence``), ``statistic`` one of a handful of names, ``class`` a model class.
+The gauges describe the LAST TESTED window; ``stopdrift_drift_last_tested_window_timestamp_
+seconds`` says when it closed, so alert rules can ignore a stale window. Labels are bounded:
+``feature`` is a monitored feature, ``prediction``, ``confidence``, ``label`` or
+``quality.<field>`` (the event contract's fields); ``scale`` is 1, 2 or 4; ``class`` a model
+class.
 
 >>> from prometheus_client import CollectorRegistry
 >>> class Fake:
-...     windows_total, alerts_total, model_version = 3, 1, "7"
-...     latest = {"statistics": {"stops_per_year": {"psi": 0.3}},
-...               "thresholds": {"stops_per_year": {"psi": 0.1}},
-...               "drifted": {"stops_per_year": True}, "dataset_drifted": True}
+...     active, bad_partials, alert_write_retries, last_tested_at = True, 0, 0, 1700000000.0
+...     class monitor:
+...         windows_tested, windows_untested, alerts_total, unwindowed_rejects = 3, 1, 1, 0
+...         books, versions = {}, {"7": None}
+...         latest = {"drifted_features": ["state"], "threshold": 5.0, "drifted": True,
+...                   "scales": {"1": {"threshold": 5.0, "evidence": {"state.distribution": 9.0,
+...                                    "prediction.distribution": 1.0}}},
+...                   "effects": {}}
 >>> registry = CollectorRegistry()
 >>> registry.register(DriftCollector(Fake()))
->>> registry.get_sample_value("stopdrift_feature_drifted", {"feature": "stops_per_year"})
-1.0
->>> registry.get_sample_value("stopdrift_drift_alerts_total")
-1.0
+>>> registry.get_sample_value("stopdrift_drift_evidence", {"feature": "state", "scale": "1"})
+9.0
+>>> registry.get_sample_value("stopdrift_feature_drifted", {"feature": "prediction"})
+0.0
+>>> registry.get_sample_value("stopdrift_drift_windows_total", {"outcome": "tested"})
+3.0
 """
 
 from __future__ import annotations
@@ -28,137 +38,164 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from drift.detector import feature_of
 
-def _num(x: Any) -> float | None:
-    return None if x is None else float(x)
+
+def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None):
+    g = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    if value is not None:
+        g.add_metric(list((labels or {}).values()), float(value))
+    return g
 
 
 class DriftCollector(Collector):
-    """Yields the drift gauges of ``monitor`` (anything with ``latest``, ``windows_total``,
-    ``alerts_total`` and ``model_version``). Register it once:
-    ``REGISTRY.register(DriftCollector(monitor))``; it follows ``monitor.reset`` by itself.
-    A callable returning the monitor also works, for workers that replace the monitor."""
+    """Yields the drift metrics of ``coordinator`` (``stream_app.coordinator.Coordinator``)."""
 
-    def __init__(self, monitor: Any):
-        self._monitor = monitor
-
-    def _get(self) -> Any:
-        m = self._monitor
-        return m() if callable(m) and not hasattr(m, "latest") else m
+    def __init__(self, coordinator: Any):
+        self.coordinator = coordinator
 
     def collect(self) -> Iterator[Metric]:
-        monitor = self._get()
-        if monitor is None:
+        c = self.coordinator
+        yield _gauge(
+            "stopdrift_drift_coordinator",
+            "1 on the worker that runs its group's drift coordinator",
+            1.0 if c.active else 0.0,
+        )
+        if not c.active:
             return
+        m = c.monitor
         windows = CounterMetricFamily(
-            "stopdrift_windows", "Drift windows closed by this worker's monitor"
+            "stopdrift_drift_windows", "Closed drift windows by outcome", labels=["outcome"]
         )
-        windows.add_metric([], float(monitor.windows_total))
+        windows.add_metric(["tested"], float(m.windows_tested))
+        windows.add_metric(["untested"], float(m.windows_untested))  # fewer than the minimum
         yield windows
-        alerts = CounterMetricFamily(
-            "stopdrift_drift_alerts", "Drift windows that raised an alert on drift.alerts"
+        for name, doc, value in [
+            ("stopdrift_drift_alerts", "Drifted windows alerted on drift.alerts", m.alerts_total),
+            (
+                "stopdrift_drift_duplicate_events",
+                "Events counted once already (read again)",
+                sum(b.duplicates for b in m.books.values()),
+            ),
+            (
+                "stopdrift_drift_unwindowed_rejects",
+                "Rejected events with no seq to window them",
+                m.unwindowed_rejects,
+            ),
+            (
+                "stopdrift_drift_bad_partials",
+                "Drift partials that could not be read",
+                c.bad_partials,
+            ),
+            (
+                "stopdrift_drift_alert_write_retries",
+                "Retries of drift alert writes",
+                c.alert_write_retries,
+            ),
+        ]:
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], float(value))
+            yield counter
+        yield _gauge(
+            "stopdrift_drift_open_windows",
+            "Drift windows open (waiting for events)",
+            sum(len(b.open) + len(b.pending) for b in m.books.values()),
         )
-        alerts.add_metric([], float(monitor.alerts_total))
-        yield alerts
         info = GaugeMetricFamily(
-            "stopdrift_monitor_model_version_info",
-            "Model version whose reference the drift monitor compares against (value 1)",
+            "stopdrift_drift_model_version_info",
+            "Model versions whose windows the monitor tests (value 1)",
             labels=["version"],
         )
-        info.add_metric([str(monitor.model_version)], 1.0)
+        for version in m.versions:
+            info.add_metric([str(version)], 1.0)
         yield info
+        yield _gauge(
+            "stopdrift_drift_last_tested_window_timestamp_seconds",
+            "Unix time the last tested window closed",
+            c.last_tested_at,
+        )
+        if m.latest:
+            yield from _window(m.latest)
 
-        latest = monitor.latest
-        if not latest:
-            return
-        score = GaugeMetricFamily(
-            "stopdrift_feature_drift_score",
-            "Drift statistic of the last closed window",
-            labels=["feature", "statistic"],
-        )
-        threshold = GaugeMetricFamily(
-            "stopdrift_feature_drift_threshold",
-            "Calibrated threshold of the statistic (window drifts when score > threshold)",
-            labels=["feature", "statistic"],
-        )
-        for feature, stats in latest.get("statistics", {}).items():
-            for stat, value in stats.items():
-                if value is not None:
-                    score.add_metric([feature, stat], float(value))
-                thr = latest.get("thresholds", {}).get(feature, {}).get(stat)
-                if thr is not None:
-                    threshold.add_metric([feature, stat], float(thr))
-        yield score
-        yield threshold
 
-        drifted = GaugeMetricFamily(
-            "stopdrift_feature_drifted",
-            "1 when the feature drifted in the last closed window",
-            labels=["feature"],
-        )
-        for feature, flag in latest.get("drifted", {}).items():
-            drifted.add_metric([feature], 1.0 if flag else 0.0)
-        yield drifted
-        dataset = GaugeMetricFamily(
-            "stopdrift_dataset_drifted", "1 when any feature drifted in the last closed window"
-        )
-        dataset.add_metric([], 1.0 if latest.get("dataset_drifted") else 0.0)
-        yield dataset
-
-        shares = GaugeMetricFamily(
-            "stopdrift_prediction_share_ratio",
-            "Share of the last window's events predicted as each class",
-            labels=["class"],
-        )
-        for c, v in latest.get("prediction_shares", {}).items():
-            shares.add_metric([c], float(v))
-        yield shares
-        ref_shares = GaugeMetricFamily(
-            "stopdrift_reference_prediction_share_ratio",
-            "Share of the reference rows predicted as each class",
-            labels=["class"],
-        )
-        for c, v in latest.get("reference_prediction_shares", {}).items():
-            ref_shares.add_metric([c], float(v))
-        yield ref_shares
-
-        for name, key, doc in [
-            (
-                "stopdrift_estimated_accuracy_ratio",
-                "estimated_accuracy",
-                "Mean max-probability of the last window (CBPE-style; assumes calibration)",
-            ),
-            (
-                "stopdrift_observed_accuracy_ratio",
-                "observed_accuracy",
-                "Accuracy on the last window's labelled events",
-            ),
-            (
-                "stopdrift_reference_accuracy_ratio",
-                "reference_accuracy",
-                "Accuracy of the model on its reference rows",
-            ),
-        ]:
-            value = _num(latest.get(key))
-            if value is not None:
-                g = GaugeMetricFamily(name, doc)
-                g.add_metric([], value)
-                yield g
-
-        for name, key, doc in [
-            ("stopdrift_missing_share_ratio", "missing_share", "Share of missing values"),
-            (
-                "stopdrift_out_of_range_share_ratio",
-                "out_of_range_share",
-                "Share of present values outside the valid range",
-            ),
-            (
-                "stopdrift_unseen_category_share_ratio",
-                "unseen_category_share",
-                "Share of values in categories the reference never saw",
-            ),
-        ]:
-            g = GaugeMetricFamily(name, f"{doc} in the last closed window", labels=["feature"])
-            for feature, v in latest.get(key, {}).items():
-                g.add_metric([feature], float(v))
-            yield g
+def _window(latest: dict[str, Any]) -> Iterator[Metric]:
+    """Gauges of the last tested window."""
+    evidence = GaugeMetricFamily(
+        "stopdrift_drift_evidence",
+        "Calibrated evidence (-log10 p) of the feature's strongest statistic, last window",
+        labels=["feature", "scale"],
+    )
+    threshold = GaugeMetricFamily(
+        "stopdrift_drift_threshold",
+        "Evidence a feature must exceed to drift, last window",
+        labels=["scale"],
+    )
+    features: set[str] = set()
+    for scale, result in latest.get("scales", {}).items():
+        best: dict[str, float] = {}
+        for statistic, e in result["evidence"].items():
+            f = feature_of(statistic)
+            best[f] = max(best.get(f, 0.0), e)
+        for f, e in sorted(best.items()):
+            evidence.add_metric([f, str(scale)], e)
+        features |= set(best)
+        threshold.add_metric([str(scale)], result["threshold"])
+    yield evidence
+    yield threshold
+    drifted = GaugeMetricFamily(
+        "stopdrift_feature_drifted",
+        "1 when the feature drifted in the last tested window",
+        labels=["feature"],
+    )
+    for f in sorted(features):
+        drifted.add_metric([f], 1.0 if f in latest.get("drifted_features", []) else 0.0)
+    yield drifted
+    yield _gauge(
+        "stopdrift_dataset_drifted",
+        "1 when any feature drifted in the last tested window",
+        1.0 if latest.get("drifted") else 0.0,
+    )
+    effects = latest.get("effects", {})
+    shares = GaugeMetricFamily(
+        "stopdrift_prediction_share_ratio",
+        "Share of the last tested window's events predicted as each class",
+        labels=["class", "sample"],
+    )
+    for cls, pair in effects.get("prediction", {}).get("shares", {}).items():
+        shares.add_metric([cls, "window"], pair["window"])
+        shares.add_metric([cls, "reference"], pair["reference"])
+    yield shares
+    confidence = effects.get("confidence", {})
+    accuracy = GaugeMetricFamily(
+        "stopdrift_accuracy_ratio",
+        "Accuracy of the last tested window: estimated (mean max-probability) or observed "
+        "(labelled events), and the reference's",
+        labels=["kind", "sample"],
+    )
+    for kind, sample, value in [
+        ("estimated", "window", confidence.get("mean")),
+        ("estimated", "reference", confidence.get("reference_mean")),
+        ("observed", "window", effects.get("label", {}).get("accuracy")),
+        ("observed", "reference", effects.get("label", {}).get("reference_accuracy")),
+    ]:
+        if value is not None:
+            accuracy.add_metric([kind, sample], float(value))
+    yield accuracy
+    missing = GaugeMetricFamily(
+        "stopdrift_missing_share_ratio",
+        "Share of missing values in the last tested window",
+        labels=["feature", "sample"],
+    )
+    rejected = GaugeMetricFamily(
+        "stopdrift_rejected_share_ratio",
+        "Share of the last tested window's events rejected because of the field",
+        labels=["field"],
+    )
+    for name, e in effects.items():
+        if "missing_share" in e:
+            missing.add_metric([name, "window"], e["missing_share"])
+            missing.add_metric([name, "reference"], e["reference_missing_share"])
+        if name.startswith("quality."):
+            rejected.add_metric([name.split(".", 1)[1]], e["share"])
+    yield missing
+    yield rejected

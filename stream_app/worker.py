@@ -11,10 +11,11 @@ import argparse
 import logging
 import os
 
+from stopdrift.servers import port_open
 from stopdrift_common.errors import UserError
-from stopdrift_common.services import port_open
 from stopdrift_common.settings import Settings
 from stopdrift_common.topics import ensure_topics, require_broker
+from stream_app.runtime import WorkerRuntime
 
 
 def _check_port(port: int, host: str, what: str, flag: str) -> None:
@@ -26,26 +27,31 @@ def _check_port(port: int, host: str, what: str, flag: str) -> None:
 
 
 def build(settings: Settings):
-    """The Faust app and its runtime, metrics registered but not served (tests, benchmarks)."""
+    """The Faust app, its runtime and drift coordinator; metrics registered but not served."""
     from stream_app.app import create_app
+    from stream_app.coordinator import Coordinator
+    from stream_app.drift_metrics import DriftCollector
     from stream_app.metrics import WorkerMetrics
     from stream_app.model_watch import ModelWatch
-    from stream_app.runtime import WorkerRuntime
+    from stream_app.reports import Reports
 
     metrics = WorkerMetrics()
-    runtime = WorkerRuntime(settings, metrics, ModelWatch(settings))
-    _register_drift_metrics(metrics, runtime)
-    return create_app(settings, runtime), runtime
+    watch = ModelWatch(settings)
+    runtime = WorkerRuntime(settings, metrics, watch)
+    from stream_app.drift_view import DriftView
 
-
-def _register_drift_metrics(metrics, runtime) -> None:
-    """The drift part exports its gauges through a collector that reads the monitor on each
-    scrape; the runtime replaces nothing but resets its monitor on a new champion."""
-    try:
-        from stream_app.drift_metrics import DriftCollector
-    except ImportError:  # drift monitoring not installed: scoring metrics only
-        return
-    metrics.registry.register(DriftCollector(lambda: runtime.monitor))
+    view = DriftView(settings.runs_dir / "evidently", base_url=settings.drift_view_base_url)
+    reports = Reports(
+        settings.runs_dir / "reports",
+        keep=settings.report_keep,
+        seed=settings.seed,
+        view=view,
+        view_keep=settings.drift_view_keep,
+        window_seconds=settings.drift_view_window_seconds,
+    )
+    coordinator = Coordinator(settings, champion=lambda: watch.current, reports=reports)
+    metrics.registry.register(DriftCollector(coordinator))
+    return create_app(settings, runtime, coordinator), runtime, coordinator
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import prometheus_client
 
     prometheus_client.disable_created_metrics()  # no *_created series: half the scrape size
-    app, runtime = build(settings)
+    app, runtime, _ = build(settings)
     try:
         runtime.metrics.serve(settings.metrics_port, settings.worker_web_host)
     except OSError as exc:

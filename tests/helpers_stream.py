@@ -1,5 +1,5 @@
 """Helpers for integration tests that run the worker as a user does (a subprocess of
-``python -m stopdrift_common.cli worker``) against a real broker and MLflow registry: start it
+``python -m stopdrift.cli worker``) against a real broker and MLflow registry: start it
 and wait for its model, produce raw messages, read an output topic from the beginning.
 """
 
@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from stopdrift_common import services
+from stopdrift import servers
 from stopdrift_common.settings import Settings
 
 WAIT = 90.0  # seconds: generous, CI has 2 shared cores
@@ -42,13 +42,15 @@ class Worker:
         log_dir: Path,
         model_name: str,
         extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.log_dir = log_dir
         self.model_name = model_name
         self.extra_args = list(extra_args)
-        self.web_port = services.free_port()
-        self.metrics_port = services.free_port()
+        self.env = dict(env or {})
+        self.web_port = servers.free_port()
+        self.metrics_port = servers.free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -59,7 +61,7 @@ class Worker:
         cmd = [
             sys.executable,
             "-m",
-            "stopdrift_common.cli",
+            "stopdrift.cli",
             "worker",
             "--bootstrap-servers",
             s.bootstrap,
@@ -77,7 +79,14 @@ class Worker:
             "1",
             *self.extra_args,
         ]
-        env = {**os.environ, "STOPDRIFT_MODEL_NAME": self.model_name}
+        # A smaller bootstrap than the default 4,000 windows per size: the same code, seconds
+        # less per calibration on CI's two cores.
+        env = {
+            **os.environ,
+            "STOPDRIFT_MODEL_NAME": self.model_name,
+            "STOPDRIFT_CALIBRATION_WINDOWS": "1000",
+            **self.env,
+        }
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + WAIT
@@ -164,7 +173,7 @@ def read_topic(settings: Settings, topic: str) -> list[bytes]:
 
 
 def stream_settings(
-    champion_settings: Settings, broker: services.Service, base: Path, worker_id: str, **kw
+    champion_settings: Settings, broker: servers.Service, base: Path, worker_id: str, **kw
 ) -> Settings:
     """Settings for a stream test: the session's MLflow and data, its own broker, outputs under
     ``base``, its own worker group; topics created."""
@@ -186,6 +195,49 @@ def stream_settings(
 def produce_command(settings: Settings, *args: str) -> list[str]:
     """``stopdrift produce`` against the test's broker and data, as a user would run it."""
     return [
-        sys.executable, "-m", "stopdrift_common.cli", "produce", "--bootstrap-servers",
+        sys.executable, "-m", "stopdrift.cli", "produce", "--bootstrap-servers",
         settings.bootstrap, "--data-dir", str(settings.data_dir), "--no-progress", *args,
     ]  # fmt: skip
+
+
+def drift_records(settings: Settings, topic: str) -> list[dict]:
+    """This worker group's records on ``drift.windows`` or ``drift.alerts``, in topic order."""
+    import orjson
+
+    records = [orjson.loads(v) for v in read_topic(settings, topic)]
+    return [r for r in records if r.get("worker_id") == settings.worker_id]
+
+
+def state_events(n: int, loop_seed: int = 42) -> list[dict]:
+    """``n`` events of the state table as the producer makes them (seeded shuffles, looped),
+    seq 0..n-1."""
+    from producers import scenarios
+    from producers.events import to_events
+    from producers.replay import chunks, load_tables
+    from stopdrift_common.settings import PROJECT_ROOT
+
+    tables = load_tables(Settings(data_dir=PROJECT_ROOT / "data"))
+    loops = -(-n // len(tables["state"]))
+    scenario = scenarios.build("none", seed=loop_seed)
+    rows = [c for _, c in chunks(tables, scenario, "state", loops, n, 5000)]
+    import pandas as pd
+
+    return to_events(pd.concat(rows), 0, time.time())
+
+
+def send_paced(settings: Settings, messages: list[tuple[bytes | None, bytes]], rate: float) -> None:
+    """Send (key, value) messages to stops.raw at about ``rate`` messages per second (0: at
+    once) and wait until the broker has each one."""
+    p = producer(settings)
+    futures = []
+    start = time.monotonic()
+    for i, (k, v) in enumerate(messages):
+        if rate and i % 50 == 0:
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        futures.append(p.send(settings.topics.raw, key=k, value=v))
+    p.flush(60)
+    for f in futures:
+        f.get(10)
+    p.close()

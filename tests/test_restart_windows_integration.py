@@ -1,9 +1,10 @@
-"""Open drift windows survive a worker restart: their counts are rebuilt from Kafka.
+"""Windows survive a coordinator's death: their state is rebuilt from Kafka, events read again
+are not counted twice, and no window is tested twice.
 
-The coordinator keeps each open window's counts in a changelog-backed Faust table. A worker is
-SIGKILLed while the natural scenario flows (so windows are open), restarted, and every window
-after the change must still be complete and tested: without the table, the counts of the windows
-open at the kill would be lost and those windows could never reach their size.
+The coordinator keeps each window's state (counts, and per partition the position of the last
+event it counted) in a changelog-backed Faust table. The only worker is SIGKILLed while the
+natural scenario flows (windows open, batches scored but not committed), restarted, and every
+window must come out exactly once, with exactly its events.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import re
 import subprocess
 import time
 
-import orjson
 import pytest
 
-from stopdrift_common import services
+from stopdrift import servers
 from tests.helpers_stream import (
     Worker,
+    drift_records,
     produce_command,
-    read_topic,
     register_copy,
     stream_settings,
 )
@@ -32,47 +32,61 @@ STATE_ROWS = 4053
 N_EVENTS = 6000
 RATE = 400  # 15 s of events: the kill lands mid-stream
 DEADLINE = 180.0
+FLAGS = ["--window-events", str(WINDOW_EVENTS), "--window-idle-seconds", "15"]
 
 
-def test_open_windows_survive_a_worker_restart(champion, tmp_path):
+def test_windows_survive_a_sigkill_exactly_once(champion, tmp_path):
     champion_settings, _ = champion
     logs = tmp_path / "logs"
-    broker = services.broker(services.free_port(), logs).start()
+    broker = servers.broker(servers.free_port(), logs).start()
     worker = None
     try:
-        settings = stream_settings(
-            champion_settings, broker, tmp_path, "restart-it", window_events=WINDOW_EVENTS
-        )
+        settings = stream_settings(champion_settings, broker, tmp_path, "restart-it")
         register_copy(settings, MODEL_NAME)
-        worker = Worker(settings, logs, MODEL_NAME, ["--window-events", str(WINDOW_EVENTS)])
+        worker = Worker(settings, logs, MODEL_NAME, FLAGS)
         worker.start()
         producer = subprocess.Popen(
             produce_command(
-                settings, "--scenario", "natural", "--source", "both", "--rate", str(RATE),
-                "--limit", str(N_EVENTS),
-            ),  # fmt: skip
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        time.sleep(N_EVENTS / RATE * 0.7)  # well into the city rows: drift windows are open
+                settings,
+                "--scenario",
+                "natural",
+                "--source",
+                "both",
+                "--rate",
+                str(RATE),
+                "--limit",
+                str(N_EVENTS),
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(N_EVENTS / RATE * 0.6)  # into the city rows: drifted windows are open
         worker.kill()
         worker.start()
         assert producer.wait(120) == 0, producer.stderr.read()
 
-        last_full = N_EVENTS // WINDOW_EVENTS - 1
-        first_drift = STATE_ROWS // WINDOW_EVENTS + 1  # the first window of city rows only
-        expected = set(range(first_drift, last_full + 1))
+        n_windows = N_EVENTS // WINDOW_EVENTS
         deadline = time.monotonic() + DEADLINE
-        while True:
-            alerts = [orjson.loads(v) for v in read_topic(settings, settings.topics.alerts)]
-            windows = {a["window"] for a in alerts if a["tested"]}
-            if expected <= windows:
-                break
+        while len(windows := drift_records(settings, settings.topics.windows)) < n_windows:
             assert worker.alive(), worker.log()
-            assert time.monotonic() < deadline, f"missing windows {sorted(expected - windows)}"
+            assert time.monotonic() < deadline, f"{len(windows)} windows\n{worker.log()}"
             time.sleep(2)
-        assert re.search(r"restored [1-9]\d* open drift windows", worker.log())
-        assert all(a["n"] >= WINDOW_EVENTS for a in alerts)
+        time.sleep(3)
+        windows = drift_records(settings, settings.topics.windows)
+        alerts = drift_records(settings, settings.topics.alerts)
+        log = worker.log()
     finally:
         if worker is not None:
             worker.stop()
         broker.stop()
+
+    assert re.search(r"restored [1-9]\d* window records", log), log
+    assert sorted(w["window"] for w in windows) == list(range(n_windows)), [
+        (w["id"], w["n"], w["rejected"], w["closed_by"]) for w in windows
+    ]
+    assert [w["n"] for w in windows] == [WINDOW_EVENTS] * n_windows  # none counted twice
+    assert all(w["tested"] for w in windows)
+    first_city = STATE_ROWS // WINDOW_EVENTS  # the window where city rows start
+    alerted = [a["window"] for a in alerts]
+    assert len(alerted) == len(set(alerted))  # no alert twice
+    assert min(alerted) >= first_city and set(range(first_city + 1, n_windows)) <= set(alerted)

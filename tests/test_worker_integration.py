@@ -1,4 +1,4 @@
-"""The worker end to end, as a user runs it: `python -m stopdrift_common.cli worker` against a
+"""The worker end to end, as a user runs it: `python -m stopdrift.cli worker` against a
 real broker and a real MLflow registry.
 
 One worker (started once for the module, ~10 s) serves three scenarios in order:
@@ -23,7 +23,7 @@ import pytest
 from producers import scenarios
 from producers.events import pack, to_events
 from producers.replay import chunks, load_tables
-from stopdrift_common import services
+from stopdrift import servers
 from stopdrift_common.schema import MODEL_FEATURES, dumps
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 from tests.helpers_stream import (
@@ -54,7 +54,7 @@ def rows() -> pd.DataFrame:
 def stream(champion, tmp_path_factory):
     settings, _ = champion
     base = tmp_path_factory.mktemp("stream")
-    broker = services.broker(services.free_port(), base / "logs").start()
+    broker = servers.broker(servers.free_port(), base / "logs").start()
     s = stream_settings(settings, broker, base, "stream-it")
     register_copy(s, MODEL_NAME)
     worker = Worker(s, base / "logs", MODEL_NAME)
