@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stopdrift_common import services
+from stopdrift import servers
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stopdrift_common.topics import ensure_topics
 
@@ -100,7 +100,7 @@ def rate_from_batches(times: np.ndarray, sizes: np.ndarray) -> float:
 def produce(settings: Settings, *extra: str) -> float:
     """Run ``stopdrift produce``; return the wall time before it started."""
     t0 = time.time()
-    cmd = [sys.executable, "-m", "stopdrift_common.cli", "produce", "--no-progress"]
+    cmd = [sys.executable, "-m", "stopdrift.cli", "produce", "--no-progress"]
     cmd += ["--bootstrap-servers", settings.bootstrap, "--data-dir", str(settings.data_dir)]
     subprocess.run([*cmd, *extra], check=True, stdout=subprocess.DEVNULL)
     return t0
@@ -158,12 +158,12 @@ def sample(text: str, name: str) -> float:
 
 class WorkerProc:
     def __init__(self, settings: Settings, logs: Path, n: int) -> None:
-        self.metrics_port = services.free_port()
-        cmd = [sys.executable, "-m", "stopdrift_common.cli", "worker"]
+        self.metrics_port = servers.free_port()
+        cmd = [sys.executable, "-m", "stopdrift.cli", "worker"]
         cmd += ["--bootstrap-servers", settings.bootstrap]
         cmd += ["--mlflow-uri", settings.mlflow_tracking_uri, "--runs-dir", str(settings.runs_dir)]
         cmd += ["--worker-id", "bench-worker", "--model-poll-seconds", "60"]
-        cmd += ["--web-port", str(services.free_port()), "--metrics-port", str(self.metrics_port)]
+        cmd += ["--web-port", str(servers.free_port()), "--metrics-port", str(self.metrics_port)]
         env = {**os.environ, "STOPDRIFT_MODEL_NAME": MODEL_NAME}
         log = open(logs / f"worker-{n}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -226,8 +226,8 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stopdrift-bench-") as tmp:
         base = Path(tmp)
         logs = base / "logs"
-        broker = services.broker(services.free_port(), logs).start()
-        mlflow = services.mlflow_server(services.free_port(), base / "mlflow", logs).start()
+        broker = servers.broker(servers.free_port(), logs).start()
+        mlflow = servers.mlflow_server(servers.free_port(), base / "mlflow", logs).start()
         workers: list[WorkerProc] = []
         try:
             settings = Settings(
@@ -361,7 +361,7 @@ def run_bare_faust(settings: Settings, base: Path, n: int) -> dict[str, Any]:
     out = base / "bare" / "batches.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.stream_benchmark", "--bare-faust"]
-    cmd += [settings.bootstrap, str(out), str(services.free_port())]
+    cmd += [settings.bootstrap, str(out), str(servers.free_port())]
     log = open(base / "logs" / "bare.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     log.close()

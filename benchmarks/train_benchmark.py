@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stopdrift_common import services
+from stopdrift import servers
 
 OUT = Path(__file__).resolve().parent / "results" / "train_benchmark.json"
-STOPDRIFT = [sys.executable, "-m", "stopdrift_common.cli"]
+STOPDRIFT = [sys.executable, "-m", "stopdrift.cli"]
 
 
 def timed(args: list[str]) -> tuple[float, str]:
@@ -46,10 +46,10 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp) / "runs"
-        port = services.free_port()
+        port = servers.free_port()
         uri = f"http://127.0.0.1:{port}"
         started = time.perf_counter()
-        with services.mlflow_server(port, runs / "mlflow", runs / "logs"):
+        with servers.mlflow_server(port, runs / "mlflow", runs / "logs"):
             results["mlflow_server_start_seconds"] = round(time.perf_counter() - started, 1)
             commands = [
                 ["analyze", "--no-profile"],

@@ -1,6 +1,6 @@
-"""Code that producers, the stream app and training all need: settings, the event schema,
-the data tables, the reference statistics, the model registry contract and the local servers."""
+"""The contracts every layer shares: settings, the event schema, the data tables, the model
+registry (model + reference through MLflow), the topics and the user-facing errors."""
 
 from __future__ import annotations
 
-__all__ = ["errors", "settings", "schema", "data", "reference", "registry", "services", "cli"]
+__all__ = ["errors", "settings", "schema", "data", "registry", "topics"]

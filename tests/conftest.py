@@ -1,17 +1,16 @@
 """Shared fixtures: real servers on free loopback ports, settings that write only under tmp.
 
 Integration tests start the real broker (Tansu), MLflow server, Prometheus and Alertmanager
-through ``stopdrift_common.services`` and stop them at the end of the session.
+through ``stopdrift.servers`` and stop them at the end of the session.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from stopdrift_common import services
+from stopdrift import servers
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 
 DATA_DIR = PROJECT_ROOT / "data"
@@ -24,15 +23,15 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mlflow_server(session_dir: Path):
-    port = services.free_port()
-    with services.mlflow_server(port, session_dir / "mlflow", session_dir / "logs") as server:
+    port = servers.free_port()
+    with servers.mlflow_server(port, session_dir / "mlflow", session_dir / "logs") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def broker(session_dir: Path):
-    port = services.free_port()
-    with services.broker(port, session_dir / "logs") as server:
+    port = servers.free_port()
+    with servers.broker(port, session_dir / "logs") as server:
         yield server
 
 
@@ -43,16 +42,15 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture()
-def mlflow_settings(settings: Settings, mlflow_server: services.Service) -> Settings:
-    return dataclasses.replace(
-        settings,
+def mlflow_settings(settings: Settings, mlflow_server: servers.Service) -> Settings:
+    return settings.replace(
         mlflow_tracking_uri=f"http://127.0.0.1:{mlflow_server.port}",
         mlflow_port=mlflow_server.port,
     )
 
 
 @pytest.fixture(scope="session")
-def champion(session_dir: Path, mlflow_server: services.Service):
+def champion(session_dir: Path, mlflow_server: servers.Service):
     """A small but real champion: PyCaret trained on a sample of the state table, registered in
     the session's MLflow server. Returns (settings, training result)."""
     from training.train import train_and_register

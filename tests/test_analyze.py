@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stopdrift_common import cli
+from stopdrift import cli
 from stopdrift_common.settings import PROJECT_ROOT
 
 DATA_DIR = PROJECT_ROOT / "data"

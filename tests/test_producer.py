@@ -11,7 +11,7 @@ import pytest
 from producers import scenarios
 from producers.events import check_batch, pack, to_events
 from producers.replay import chunks, load_tables
-from stopdrift_common.cli import main
+from stopdrift.cli import main
 from stopdrift_common.errors import UserError
 from stopdrift_common.schema import MAX_ARRAY_EVENTS, NUMERIC_FEATURES, decode_message
 
@@ -151,7 +151,7 @@ def test_an_unknown_feature_for_shift_is_a_user_error():
 
 
 def test_no_broker_is_a_one_line_user_error(capsys):
-    from stopdrift_common.services import free_port
+    from stopdrift.servers import free_port
 
     code = main(["produce", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--limit", "1"])
     err = capsys.readouterr().err

@@ -6,7 +6,6 @@ The session ``champion`` fixture (tests/conftest.py) trains once; these tests re
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
@@ -17,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stopdrift_common import cli, registry, services
+from stopdrift import cli, servers
+from stopdrift_common import registry
 from stopdrift_common.schema import CLASSES, EXCLUDED_COLUMNS, MODEL_FEATURES
 from stopdrift_common.settings import PROJECT_ROOT
 
@@ -120,7 +120,7 @@ def test_a_weaker_model_is_registered_but_the_alias_stays(champion, tmp_path: Pa
     from training.train import train_and_register
 
     s, result = champion
-    weak_settings = dataclasses.replace(s, runs_dir=tmp_path / "runs")
+    weak_settings = s.replace(runs_dir=tmp_path / "runs")
     weak = train_and_register(
         weak_settings, sample=600, models=["dummy"], folds=2, profile=False, echo=lambda _: None
     )
@@ -140,7 +140,7 @@ def test_a_better_model_takes_the_alias(mlflow_settings, tmp_path: Path) -> None
     champion's pipeline is refitted on the new training split for a fair comparison."""
     from training.train import train_and_register
 
-    s = dataclasses.replace(mlflow_settings, model_name="stopdrift-promotion-test")
+    s = mlflow_settings.replace(model_name="stopdrift-promotion-test")
     kwargs = dict(sample=400, folds=2, profile=False, echo=lambda _: None)
     weak = train_and_register(s, models=["nb"], **kwargs)
     assert weak.promoted  # beats the baseline, no champion yet
@@ -154,7 +154,7 @@ def test_a_better_model_takes_the_alias(mlflow_settings, tmp_path: Path) -> None
 @pytest.mark.integration
 def test_cli_train_starts_mlflow_when_asked(tmp_path: Path, capsys, monkeypatch) -> None:
     """End to end through the CLI on a fresh server it starts itself (and stops afterwards)."""
-    port = services.free_port()
+    port = servers.free_port()
     monkeypatch.setenv("STOPDRIFT_MODEL_NAME", "stopdrift-cli-test")
     runs = tmp_path / "runs"
     code = cli.main(
@@ -190,11 +190,11 @@ def test_cli_train_starts_mlflow_when_asked(tmp_path: Path, capsys, monkeypatch)
     assert "not** a tool to infer any person's race" in card and "majority baseline" in card
     assert pd.read_csv(train_dir / "compare_models.csv").shape[0] == 2
     assert (runs / "mlflow" / "mlflow.db").is_file()
-    assert not services.port_open(port)  # the server it started is stopped again
+    assert not servers.port_open(port)  # the server it started is stopped again
 
 
 def test_mlflow_not_running_fails_fast_naming_the_fix(tmp_path: Path, capsys) -> None:
-    port = services.free_port()
+    port = servers.free_port()
     code = cli.main(
         ["train", "--mlflow-uri", f"http://127.0.0.1:{port}", "--runs-dir", str(tmp_path)]
     )

@@ -10,7 +10,6 @@ two trainings in one process do not share PyCaret's global state.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stopdrift_common import registry, services
+from stopdrift import servers
+from stopdrift_common import registry
 from stopdrift_common.data import load_source
 from stopdrift_common.errors import ServerUnavailable, UserError
 from stopdrift_common.settings import Settings
@@ -401,7 +401,7 @@ def train_and_register(
 def registry_reference(
     data: pd.DataFrame, proba: np.ndarray, classes: list[str], target: str
 ) -> dict[str, Any]:
-    from stopdrift_common.reference import build_reference
+    from training.reference import build_reference
 
     return build_reference(
         data[MODEL_FEATURES].reset_index(drop=True),
@@ -472,10 +472,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not args.start_mlflow:
             raise
         port = _local_port(settings)
-        server = services.mlflow_server(
+        server = servers.mlflow_server(
             port, settings.runs_dir / "mlflow", settings.runs_dir / "logs"
         ).start()
-        settings = dataclasses.replace(settings, mlflow_tracking_uri=f"http://127.0.0.1:{port}")
+        settings = settings.replace(mlflow_tracking_uri=f"http://127.0.0.1:{port}")
         print(
             f"started MLflow on {settings.mlflow_tracking_uri} (store "
             f"{settings.runs_dir / 'mlflow'}); it stops when training ends, "

@@ -59,7 +59,7 @@ class Service:
     name: str
     cmd: Sequence[str]
     port: int
-    log_path: Path
+    log_path: Path | None  # None: the server writes to this process's stdout/stderr
     ready_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
@@ -70,8 +70,10 @@ class Service:
                 f"{self.name}: port {self.port} is already in use (another {self.name} running? "
                 f"stop it or choose another port)"
             )
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         self.proc = subprocess.Popen(
             list(self.cmd),
             stdout=log,
@@ -80,7 +82,8 @@ class Service:
             env={**os.environ, **self.env},
             start_new_session=True,
         )
-        log.close()
+        if log is not None:
+            log.close()
         wait_for_port(self.port, self.ready_timeout, self.proc, self.name, self.log_path)
         return self
 
@@ -139,26 +142,51 @@ def broker(port: int, log_dir: Path) -> Service:
     return Service("broker", cmd, port, log_dir / "broker.log", ready_timeout=20)
 
 
-def mlflow_server(port: int, store_dir: Path, log_dir: Path) -> Service:
+def mlflow_server(
+    port: int,
+    store_dir: Path,
+    log_dir: Path,
+    host: str = LOOPBACK,
+    backend_store_uri: str | None = None,
+    artifacts_dir: Path | None = None,
+) -> Service:
+    """The MLflow tracking server: a sqlite store under ``store_dir`` unless a backend store
+    (e.g. ``postgresql://...``) is given."""
     store_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = Path(artifacts_dir) if artifacts_dir else store_dir / "artifacts"
     cmd = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
         "--host",
-        LOOPBACK,
+        host,
         "--port",
         str(port),
         "--workers",
         "1",
         "--backend-store-uri",
-        f"sqlite:///{store_dir.resolve() / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{store_dir.resolve() / 'mlflow.db'}",
         "--artifacts-destination",
-        str((store_dir / "artifacts").resolve()),
+        str(artifacts.resolve()),
     ]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return Service("mlflow", cmd, port, log_dir / "mlflow.log", ready_timeout=90, env=env)
+
+
+def drift_view(port: int, workspace: Path, log_dir: Path, host: str = LOOPBACK) -> Service:
+    """Evidently's UI over the drift view's workspace (``stream_app/drift_view.py``)."""
+    from stream_app.drift_view import UI_ENV, ui_command
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    return Service(
+        "drift view",
+        ui_command(workspace, port, host),
+        port,
+        log_dir / "drift_view.log",
+        ready_timeout=60,
+        env=dict(UI_ENV),
+    )
 
 
 def _binary(*names: str, package: str) -> str:

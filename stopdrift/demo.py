@@ -1,9 +1,11 @@
 """``stopdrift demo``: start everything locally, replay a scenario, show what happens.
 
 It only starts processes and reads their metrics: broker, MLflow (training a champion when the
-registry has none), Alertmanager, Prometheus, one worker and the producer. Ctrl-C (or the end of
-``--duration``) stops every process it started; servers that were already running are reused and
-left alone, so a second run works without cleanup.
+registry has none), Alertmanager, Prometheus, the drift view (Evidently's UI), one worker and
+the producer. A worker that exits is started again (as systemd's or compose's restart policy
+would). Ctrl-C, SIGTERM or SIGHUP (or the end of ``--duration``) stops every process it
+started; servers that were already running are reused and left alone, so a second run works
+without cleanup.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from stopdrift_common import services
+from stopdrift import servers
 from stopdrift_common.errors import UserError
 from stopdrift_common.registry import champion_version, require_mlflow
 from stopdrift_common.settings import PROJECT_ROOT, Settings
@@ -27,7 +30,7 @@ MONITORING = PROJECT_ROOT / "monitoring"
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stopdrift_common.cli", *args]
+    return [sys.executable, "-m", "stopdrift.cli", *args]
 
 
 def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -73,13 +76,16 @@ class Demo:
         self.settings = settings
         self.dir = settings.runs_dir / "demo"
         self.logs = settings.runs_dir / "logs"
-        self.started: list[services.Service] = []
+        self.started: list[servers.Service] = []
         self.procs: list[subprocess.Popen] = []
+        self.worker_proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.view_url: str | None = None
 
     def say(self, text: str) -> None:
         print(f"[demo] {text}", flush=True)
 
-    def start_service(self, service: services.Service) -> None:
+    def start_service(self, service: servers.Service) -> None:
         self.say(f"starting {service.name} on 127.0.0.1:{service.port} (log {service.log_path})")
         self.started.append(service.start())
 
@@ -88,10 +94,10 @@ class Demo:
         s = self.settings
         if s.kafka_bootstrap_servers:
             self.say(f"using the Kafka brokers at {s.kafka_bootstrap_servers}")
-        elif services.port_open(s.broker_port):
+        elif servers.port_open(s.broker_port):
             self.say(f"a broker already answers on 127.0.0.1:{s.broker_port}: reusing it")
         else:
-            self.start_service(services.broker(s.broker_port, self.logs))
+            self.start_service(servers.broker(s.broker_port, self.logs))
         created = ensure_topics(s)
         self.say(f"topics ready: {', '.join(s.topics.all())}" + (" (created)" if created else ""))
 
@@ -102,7 +108,7 @@ class Demo:
             self.say(f"MLflow already answers at {s.mlflow_tracking_uri}: reusing it")
         except UserError:
             self.start_service(
-                services.mlflow_server(s.mlflow_port, s.runs_dir / "mlflow", self.logs)
+                servers.mlflow_server(s.mlflow_port, s.runs_dir / "mlflow", self.logs)
             )
 
     def champion(self) -> None:
@@ -126,21 +132,21 @@ class Demo:
         self.say(f"champion model: {s.model_name} version {champion_version(s)}")
 
     def monitoring(self) -> None:
-        from stopdrift_common.monitoring_config import render_prometheus_config
+        from stopdrift.monitoring_config import render_prometheus_config
 
         s = self.settings
-        if services.port_open(s.alertmanager_port):
+        if servers.port_open(s.alertmanager_port):
             self.say(f"an Alertmanager already answers on :{s.alertmanager_port}: reusing it")
         else:
             self.start_service(
-                services.alertmanager(
+                servers.alertmanager(
                     s.alertmanager_port,
                     MONITORING / "alertmanager.yml",
                     self.dir / "alertmanager",
                     self.logs,
                 )
             )
-        if services.port_open(s.prometheus_port):
+        if servers.port_open(s.prometheus_port):
             self.say(f"a Prometheus already answers on :{s.prometheus_port}: reusing it")
             return
         config = render_prometheus_config(
@@ -149,17 +155,41 @@ class Demo:
             self.dir / "prometheus.yml",
         )
         self.start_service(
-            services.prometheus(s.prometheus_port, config, self.dir / "prometheus-data", self.logs)
+            servers.prometheus(s.prometheus_port, config, self.dir / "prometheus-data", self.logs)
+        )
+
+    def drift_view(self) -> None:
+        """Evidently's UI over the workspace the worker writes its drift snapshots to."""
+        from stream_app.drift_view import DriftView
+
+        s = self.settings
+        view = DriftView(s.runs_dir / "evidently", base_url=s.drift_view_base_url)
+        view.ensure_project()
+        self.view_url = view.project_url()
+        if servers.port_open(s.drift_view_port):
+            self.say(f"a drift view already answers on :{s.drift_view_port}: reusing it")
+            return
+        self.start_service(
+            servers.drift_view(s.drift_view_port, s.runs_dir / "evidently", self.logs)
         )
 
     def worker(self) -> None:
         s = self.settings
-        if services.port_open(s.metrics_port):
+        if servers.port_open(s.metrics_port):
             raise UserError(
                 f"port {s.metrics_port} is busy: is another worker running? "
                 f"Stop it, or set STOPDRIFT_METRICS_PORT"
             )
-        cmd = _cli(
+        self.worker_proc = _spawn(self.worker_cmd(), self.logs / "worker.log")
+        self.procs.append(self.worker_proc)
+        self.say(
+            f"worker started (metrics http://127.0.0.1:{s.metrics_port}/metrics, "
+            f"log {self.logs / 'worker.log'})"
+        )
+
+    def worker_cmd(self) -> list[str]:
+        s = self.settings
+        return _cli(
             "worker",
             "--mlflow-uri",
             s.mlflow_tracking_uri,
@@ -168,11 +198,20 @@ class Demo:
             "--runs-dir",
             str(s.runs_dir),
         )
-        self.procs.append(_spawn(cmd, self.logs / "worker.log"))
+
+    def supervise(self) -> None:
+        """Start the worker again when it exits (it exits, uncommitted, when the broker stays
+        away or a write fails for good): the restart policy of the README."""
+        proc = self.worker_proc
+        if proc is None or proc.poll() is None:
+            return
+        self.restarts += 1
         self.say(
-            f"worker started (metrics http://127.0.0.1:{s.metrics_port}/metrics, "
-            f"log {self.logs / 'worker.log'})"
+            f"worker exited with code {proc.returncode}: starting it again (restart "
+            f"{self.restarts}; log {self.logs / 'worker.log'})"
         )
+        self.worker_proc = _spawn(self.worker_cmd(), self.logs / "worker.log")
+        self.procs.append(self.worker_proc)
 
     def producer(self) -> subprocess.Popen:
         s = self.settings
@@ -209,6 +248,7 @@ class Demo:
         last_scored, last_t = 0.0, time.monotonic()
         while True:
             time.sleep(2)
+            self.supervise()
             m = scrape(s.metrics_port)
             scored = m.get("stopdrift_events_total{outcome=scored}", 0.0)
             dlq = m.get("stopdrift_events_total{outcome=dlq}", 0.0)
@@ -244,21 +284,34 @@ class Demo:
         firing = _get_json(f"http://127.0.0.1:{s.alertmanager_port}/api/v2/alerts") or []
         names = sorted({a["labels"].get("alertname", "?") for a in firing})  # type: ignore[union-attr]
         self.say("where to look:")
-        print(
-            f"  Prometheus    http://127.0.0.1:{s.prometheus_port}/alerts  (drift gauges: "
-            f"stopdrift_feature_drift_score)"
-        )
-        print(
-            f"  Alertmanager  http://127.0.0.1:{s.alertmanager_port}  firing now: "
-            f"{', '.join(names) if names else 'none'}"
-        )
-        print(f"  MLflow        {s.mlflow_tracking_uri}  (model {s.model_name}@{s.model_alias})")
-        print(
-            "  Grafana       http://127.0.0.1:3000 via `docker compose up grafana` "
-            "(dashboard monitoring/grafana/dashboards/stopdrift.json)"
-        )
+        for name, url, what in self.urls():
+            print(f"  {name:<13} {url}  {what}")
+        print(f"  firing now    {', '.join(names) if names else 'none'}")
         print(f"  reports       {s.runs_dir / 'reports'}  (Evidently HTML per drift alert)")
         print(f"  logs          {self.logs}")
+
+    def urls(self) -> list[tuple[str, str, str]]:
+        """Every page the demo tells users to open (a browser test opens each one)."""
+        s = self.settings
+        return [
+            (
+                "drift view",
+                self.view_url or s.drift_view_base_url,
+                "(Evidently UI: drift per feature and predictions over time; alert snapshots)",
+            ),
+            (
+                "Prometheus",
+                f"http://127.0.0.1:{s.prometheus_port}/classic/alerts",
+                "(alert rules and what fires; graphs at /classic/graph)",
+            ),
+            (
+                "Alertmanager",
+                f"http://127.0.0.1:{s.alertmanager_port}/api/v2/alerts",
+                "(API: Debian's Alertmanager has no web UI; amtool works too)",
+            ),
+            ("MLflow", s.mlflow_tracking_uri, f"(model {s.model_name}@{s.model_alias})"),
+            ("metrics", f"http://127.0.0.1:{s.metrics_port}/metrics", "(the worker's gauges)"),
+        ]
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -274,24 +327,40 @@ class Demo:
         self.say("stopped every process the demo started")
 
 
+class Stop(Exception):
+    """SIGTERM or SIGHUP: stop like Ctrl-C does."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     demo = Demo(args, settings)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         demo.broker()
         demo.mlflow()
         demo.champion()
         demo.monitoring()
+        demo.drift_view()
         demo.worker()
         demo.watch(demo.producer())
         demo.summary()
         if args.keep_running:
             demo.say("servers keep running; Ctrl-C stops them")
             while True:
-                time.sleep(3600)
+                time.sleep(2)
+                demo.supervise()
     except KeyboardInterrupt:
         demo.say("interrupted")
+    except Stop as exc:
+        demo.say(f"{exc}: stopping")
     finally:
-        demo.stop()
+        with contextlib.suppress(Stop, KeyboardInterrupt):  # a second signal: stop anyway
+            demo.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
