@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stopdrift.monitoring_config import render_prometheus_config
 from stopdrift_common.errors import UserError
-from stopdrift_common.monitoring_config import render_prometheus_config
 from stopdrift_common.settings import PROJECT_ROOT
 
 MONITORING = PROJECT_ROOT / "monitoring"
@@ -89,7 +89,7 @@ def test_dashboard_json_is_the_builder_output_and_every_query_parses(tmp_path: P
     committed = json.loads((GRAFANA / "dashboards" / "stopdrift.json").read_text())
     assert committed == module.build(), "run monitoring/grafana/build_dashboard.py and commit"
     titles = [p["title"] for p in committed["panels"]]
-    for wanted in ["Throughput", "latency", "Dead-letter", "lag", "Drift score", "Prediction"]:
+    for wanted in ["Throughput", "latency", "Dead-letter", "lag", "Drift evidence", "Prediction"]:
         assert any(wanted.lower() in t.lower() for t in titles), wanted
     # promtool parses each query when it is a recording rule
     queries = module.queries()

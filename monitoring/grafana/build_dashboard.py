@@ -71,35 +71,37 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         8,
     ),
     (
-        "Drift score / threshold per feature (> 1 = drift)",
+        "Drift evidence per feature, last tested window (above the threshold = drift)",
         "timeseries",
         "short",
         [
-            (
-                "{{feature}} {{statistic}}",
-                "stopdrift_feature_drift_score / (stopdrift_feature_drift_threshold > 0)",
-            )
+            ("{{feature}}", 'max by (feature) (stopdrift_drift_evidence{scale="1"})'),
+            ("threshold", 'max(stopdrift_drift_threshold{scale="1"})'),
         ],
         16,
     ),
     (
-        "Drifted features (last window)",
+        "Drifted features (last tested window)",
         "timeseries",
         "short",
         [("{{feature}}", "max by (feature) (stopdrift_feature_drifted)")],
         12,
     ),
     (
-        "Data quality: missing / out-of-range / unseen shares",
+        "Data quality: missing and rejected shares",
         "timeseries",
         "percentunit",
         [
-            ("missing {{feature}}", "max by (feature) (stopdrift_missing_share_ratio)"),
             (
-                "out of range {{feature}}",
-                "max by (feature) (stopdrift_out_of_range_share_ratio)",
+                "missing {{feature}}",
+                'max by (feature) (stopdrift_missing_share_ratio{sample="window"})',
             ),
-            ("unseen {{feature}}", "max by (feature) (stopdrift_unseen_category_share_ratio)"),
+            ("rejected: {{field}}", "max by (field) (stopdrift_rejected_share_ratio)"),
+            (
+                "dead-lettered (all)",
+                'sum(rate(stopdrift_events_total{outcome="dlq"}[5m])) '
+                "/ sum(rate(stopdrift_events_total[5m]))",
+            ),
         ],
         12,
     ),
@@ -107,24 +109,14 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         "Prediction shares vs reference",
         "timeseries",
         "percentunit",
-        [
-            ("{{class}}", "avg by (class) (stopdrift_prediction_share_ratio)"),
-            (
-                "{{class}} (reference)",
-                "avg by (class) (stopdrift_reference_prediction_share_ratio)",
-            ),
-        ],
+        [("{{class}} ({{sample}})", "max by (class, sample) (stopdrift_prediction_share_ratio)")],
         12,
     ),
     (
         "Estimated vs observed accuracy",
         "timeseries",
         "percentunit",
-        [
-            ("estimated (mean max-probability)", "avg(stopdrift_estimated_accuracy_ratio)"),
-            ("observed (labelled events)", "avg(stopdrift_observed_accuracy_ratio)"),
-            ("reference", "avg(stopdrift_reference_accuracy_ratio)"),
-        ],
+        [("{{kind}} ({{sample}})", "max by (kind, sample) (stopdrift_accuracy_ratio)")],
         12,
     ),
     (
@@ -135,11 +127,14 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         12,
     ),
     (
-        "Windows and drift alerts (per minute)",
+        "Windows tested and drift alerts (per minute)",
         "timeseries",
         "short",
         [
-            ("windows", "sum(rate(stopdrift_windows_total[1m])) * 60"),
+            (
+                "windows tested",
+                'sum(rate(stopdrift_drift_windows_total{outcome="tested"}[1m])) * 60',
+            ),
             ("drift alerts", "sum(rate(stopdrift_drift_alerts_total[1m])) * 60"),
         ],
         6,
@@ -149,6 +144,13 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         "stat",
         "none",
         [("{{model}}", "max by (model) (stopdrift_model_version)")],
+        6,
+    ),
+    (
+        "Age of the last tested window",
+        "stat",
+        "s",
+        [("age", "time() - max(stopdrift_drift_last_tested_window_timestamp_seconds)")],
         6,
     ),
 ]
