@@ -123,6 +123,9 @@ class TailModel:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
+EXACT = TailModel()  # the identity: exact evidence stays as it is
+
+
 @dataclass
 class SizePoint:
     """The calibration at one window size."""
@@ -230,23 +233,36 @@ class Calibration:
         w = (math.log(n) - math.log(lo.size)) / (math.log(hi.size) - math.log(lo.size))
         return lo, hi, w
 
-    def calibrated(self, evidence: dict[str, Any], n: float) -> dict[str, float]:
-        """Calibrated evidence of one window of ``n`` events (statistics without a tail model,
-        such as ``quality.*``, keep their exact evidence)."""
-        lo, hi, w = self._around(n)
+    def calibrated(self, evidence: dict[str, Any], n: Any) -> dict[str, Any]:
+        """Calibrated evidence of windows of ``n`` events: ``evidence`` and ``n`` are scalars
+        (one window) or arrays of the same length (each window at its own size). Statistics
+        without a tail model (``quality.*``) keep their exact evidence."""
+        sizes = np.atleast_1d(np.asarray(n, dtype=float))
         out = {}
         for name, e in evidence.items():
-            a = lo.tails.get(name, TailModel())(e)
-            b = hi.tails.get(name, TailModel())(e)
-            out[name] = float((1 - w) * a + w * b)
+            values = np.broadcast_to(np.asarray(e, dtype=float), sizes.shape).copy()
+            result = np.empty_like(values)
+            for size in np.unique(sizes):
+                at = sizes == size
+                lo, hi, w = self._around(float(size))
+                a = lo.tails.get(name, EXACT)(values[at])
+                b = hi.tails.get(name, EXACT)(values[at])
+                result[at] = (1 - w) * a + w * b
+            out[name] = float(result[0]) if np.ndim(n) == 0 and np.ndim(e) == 0 else result
         return out
 
-    def threshold(self, n: float, labelled: bool = False, method: str | None = None) -> float:
-        lo, hi, w = self._around(n)
-        key = ("threshold" if (method or self.method) == "joint" else "bonferroni") + (
-            "_labelled" if labelled else ""
-        )
-        return float((1 - w) * getattr(lo, key) + w * getattr(hi, key))
+    def threshold(self, n: Any, labelled: Any = False, method: str | None = None) -> Any:
+        """The family threshold for windows of ``n`` events (scalars or arrays), with the label
+        statistics in the family where ``labelled``; ``method`` overrides the calibrated one."""
+        base = "threshold" if (method or self.method) == "joint" else "bonferroni"
+        sizes = np.atleast_1d(np.asarray(n, dtype=float))
+        with_labels = np.broadcast_to(np.asarray(labelled, dtype=bool), sizes.shape)
+        out = np.empty(sizes.shape)
+        for i, (size, lab) in enumerate(zip(sizes.tolist(), with_labels.tolist(), strict=True)):
+            lo, hi, w = self._around(size)
+            key = base + ("_labelled" if lab else "")
+            out[i] = (1 - w) * getattr(lo, key) + w * getattr(hi, key)
+        return float(out[0]) if np.ndim(n) == 0 else out
 
     # --- JSON (cached between runs) ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

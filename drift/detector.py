@@ -168,23 +168,31 @@ class Detector:
             {},
             current.layout,
         )
-        evidence = self.family.evidence(stacked)  # every scale in one vectorised pass
+        calibrated, thresholds = self.scores(stacked)  # every scale in one vectorised pass
         results: dict[int, ScaleResult] = {}
         for i, scale in enumerate(scales):
-            n = merged[scale].n
-            raw = {k: v[i] for k, v in evidence.items()}
-            raw.update(self.family.quality_evidence(merged[scale]))  # exact: not calibrated
-            calibrated = self.calibration.calibrated(raw, n)
-            labelled = merged[scale].labelled >= self.family.min_labelled
-            threshold = self.calibration.threshold(n, labelled)
+            evidence = {k: float(v[i]) for k, v in calibrated.items()}
+            evidence.update(self.family.quality_evidence(merged[scale]))  # exact: no tail map
             results[scale] = ScaleResult(
                 windows=scale,
-                n=int(n),
-                threshold=threshold,
-                evidence=calibrated,
-                drifted=max(calibrated.values(), default=0.0) > threshold,
+                n=int(merged[scale].n),
+                threshold=float(thresholds[i]),
+                evidence=evidence,
+                drifted=max(evidence.values(), default=0.0) > thresholds[i],
             )
         return Verdict(True, results, self._findings(results, merged))
+
+    def scores(self, stacked: Counts, method: str | None = None):
+        """Calibrated evidence of each statistic and the family threshold, for stacked
+        windows (arrays of shape ``(k,)``), each at its own size: ``test`` scores the scales of
+        one window with it, the benchmarks score thousands of windows."""
+        n = np.atleast_1d(stacked.n)
+        labelled = np.atleast_1d(stacked.labelled) >= self.family.min_labelled
+        evidence = self.family.evidence(stacked)
+        return (
+            self.calibration.calibrated(evidence, n),
+            self.calibration.threshold(n, labelled, method),
+        )
 
     def _findings(self, results: dict[int, ScaleResult], merged: dict[int, Counts]):
         best: dict[str, Finding] = {}

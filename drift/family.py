@@ -7,6 +7,7 @@ statistic                test (window against the reference as a sample)      fi
 ``<num>.location``       Mann-Whitney rank z on those bins (two-sided)        values shift
 ``<num>.missing``        share of missing values (two-sided)                  missingness moves
 ``<cat>.distribution``   chi-square of the categories, unseen ones included    the mix moves
+``<cat>.category``       the largest one-category share test (Bonferroni)     one share moves
 ``prediction.distribution``  chi-square of the predicted classes              predictions move
 ``confidence.drop``      Welch z of the mean max-probability (one-sided)      confidence falls
 ``label.distribution``   chi-square of the true labels (events with a label)  the label mix moves
@@ -100,7 +101,10 @@ class Family:
         for name, categories in layout.categorical.items():
             # One category: only unseen ones could show, which is still a change of mix.
             if categories:
-                stats.append(Statistic(f"{name}.distribution", name, "distribution"))
+                stats += [
+                    Statistic(f"{name}.distribution", name, "distribution"),
+                    Statistic(f"{name}.category", name, "category"),
+                ]
             if name in nullable:
                 stats.append(Statistic(f"{name}.missing", name, "missing"))
         stats.append(Statistic(f"{PREDICTION}.distribution", PREDICTION, "distribution"))
@@ -144,6 +148,8 @@ class Family:
                 w, r = window.block(s.feature), ref.block(s.feature)
                 if s.test == "distribution":  # categories and unseen, not missing
                     out[s.name] = st.chi_square_evidence(*st.chi_square(r[..., :-1], w[..., :-1]))
+                elif s.test == "category":
+                    out[s.name] = st.category_evidence(r[..., :-1], w[..., :-1])
                 else:
                     out[s.name] = st.share_evidence(r[..., -1], n_r, w[..., -1], n_w)
             elif s.feature == PREDICTION:

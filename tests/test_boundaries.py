@@ -1,6 +1,8 @@
 """The data flow is one way: producers -> topic -> stream_app, training -> registry -> stream_app.
 The stream never imports training (model and reference reach it only through MLflow), and
-neither side imports the other; what both need lives in stopdrift_common."""
+neither side imports the other; what both need lives in stopdrift_common. The drift core
+imports no project package and nothing of Kafka, Faust, Prometheus or MLflow: anyone can reuse
+it."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import pytest
 
 from stopdrift_common.settings import PROJECT_ROOT
 
+IO = {"faust", "kafka", "aiokafka", "prometheus_client", "mlflow", "evidently"}
 FORBIDDEN = {
-    "stream_app": {"training", "producers"},
-    "producers": {"training", "stream_app"},
-    "training": {"stream_app", "producers"},
-    "stopdrift_common": {"training", "stream_app", "producers"},
+    "stream_app": {"training", "producers", "stopdrift"},
+    "producers": {"training", "stream_app", "drift", "stopdrift"},
+    "training": {"stream_app", "producers"},  # (it may start MLflow: `train --start-mlflow`)
+    "stopdrift_common": {"training", "stream_app", "producers", "drift", "stopdrift"},
+    "drift": {"training", "stream_app", "producers", "stopdrift", "stopdrift_common", *IO},
 }
 
 
