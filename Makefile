@@ -4,7 +4,7 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-APT_PKGS := prometheus prometheus-alertmanager docker-compose
+APT_PKGS := prometheus prometheus-alertmanager docker-compose chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install test unit integration lint demo mlflow bench clean-runs

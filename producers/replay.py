@@ -22,6 +22,7 @@ import pandas as pd
 from producers import scenarios
 from producers.events import check_batch, count_events, pack, to_events
 from stopdrift_common.data import load_source
+from stopdrift_common.errors import UserError
 from stopdrift_common.schema import SOURCES
 from stopdrift_common.settings import Settings
 from stopdrift_common.topics import admin, broker_unavailable, ensure_topics
@@ -68,12 +69,20 @@ class Delivery:
     sent: int = 0
     failed: int = 0
     first_error: str | None = None
+    reset: str | None = None  # set when a partition's offsets went back: the broker lost them
+    _last: dict[int, int] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def callbacks(self, n_events: int):
-        def ok(_metadata) -> None:
+        def ok(metadata) -> None:
             with self._lock:
                 self.sent += n_events
+                p, offset = getattr(metadata, "partition", None), getattr(metadata, "offset", -1)
+                if p is not None and offset >= 0:
+                    last = self._last.get(p, -1)
+                    if offset < last and self.reset is None:
+                        self.reset = f"partition {p} went back from offset {last} to {offset}"
+                    self._last[p] = max(last, offset)
 
         def failed(exc: BaseException) -> None:
             with self._lock:
@@ -176,6 +185,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 future.add_errback(failed)
             produced += len(events)
             bar.update(len(events))
+            if delivery.reset:
+                raise UserError(
+                    f"the broker lost {topic} ({delivery.reset}): it restarted without its "
+                    f"data; stopping after {produced} events (the last ones went to the new, "
+                    f"empty log)"
+                )
         producer.flush(timeout=60)
     finally:
         bar.close()

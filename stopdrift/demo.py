@@ -200,8 +200,23 @@ class Demo:
         )
 
     def supervise(self) -> None:
-        """Start the worker again when it exits (it exits, uncommitted, when the broker stays
-        away or a write fails for good): the restart policy of the README."""
+        """Restart what stopped: the embedded broker (its topics were in memory: they are
+        recreated; the worker notices the lost offsets and exits for a fresh start) and the
+        worker (it exits, uncommitted, when the broker stays away, loses its data or a write
+        fails for good): the restart policy of the README."""
+        for i, service in enumerate(self.started):
+            if (
+                service.name == "broker"
+                and service.proc is not None
+                and service.proc.poll() is not None
+            ):
+                self.say(
+                    f"the embedded broker stopped (exit code {service.proc.returncode}): its "
+                    "topics and offsets were in memory and are gone; starting it again"
+                )
+                self.started[i] = servers.broker(self.settings.broker_port, self.logs).start()
+                ensure_topics(self.settings)
+                self.say("topics recreated; the worker and the producer start over on them")
         proc = self.worker_proc
         if proc is None or proc.poll() is None:
             return
@@ -243,12 +258,20 @@ class Demo:
         return proc
 
     def watch(self, producer: subprocess.Popen) -> None:
+        self.producer_proc = producer
         s = self.settings
         deadline = time.monotonic() + self.args.duration if self.args.duration else None
         last_scored, last_t = 0.0, time.monotonic()
         while True:
             time.sleep(2)
             self.supervise()
+            if self.producer_proc.poll() not in (None, 0):
+                self.say(
+                    f"the producer exited with code {self.producer_proc.returncode} (see "
+                    f"{self.logs / 'producer.log'}): starting it again"
+                )
+                self.producer_proc = self.producer()
+            producer = self.producer_proc
             m = scrape(s.metrics_port)
             scored = m.get("stopdrift_events_total{outcome=scored}", 0.0)
             dlq = m.get("stopdrift_events_total{outcome=dlq}", 0.0)

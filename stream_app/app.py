@@ -31,6 +31,7 @@ FETCH_MAX_WAIT_MS = 50
 WRITE_ATTEMPTS = 8  # about 2.5 minutes of retries while the broker is away, then exit
 MAX_HANDLE_BYTES = 6_000_000  # about 15,000 events per scoring call (8 MB: +50 MB resident)
 TICK_SECONDS = 1.0
+RESET_EXIT_SECONDS = 10.0  # long enough for Prometheus to scrape the reset before the exit
 
 
 def faust_settings(settings: Settings) -> dict:
@@ -167,6 +168,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
             last_offsets: dict[int, int] = {}
             for event in events:
                 m = event.message
+                await check_offset(m.partition, m.offset)
                 messages.append(InMessage(m.value, m.key, m.topic, m.partition, m.offset))
                 last_offsets[m.partition] = m.offset
             for group in split_by_size(messages, MAX_HANDLE_BYTES):
@@ -200,6 +202,36 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
                 await asyncio.sleep(wait)
         log.critical("the broker stayed away: exiting without committing the batch")
         os._exit(3)  # a supervisor restarts the worker; the batch is read again
+
+    async def check_offset(partition: int, offset: int | None) -> None:
+        """Offsets of a partition never go back below what this worker committed, unless the
+        broker lost its log (the embedded broker keeps topics in memory: a restart empties
+        them). Scoring on would count new events as old ones and commit nothing (Faust
+        commits only higher offsets): say so, keep the batch unacked, exit for a fresh start."""
+        tp = faust.types.TP(settings.topics.raw, partition)
+        committed = app.consumer._committed_offset.get(tp)
+        if committed is None or offset is None or offset + 1 >= committed:
+            return
+        runtime.metrics.broker_reset.set(1)
+        log.critical(
+            "the broker lost %s (partition %d is at offset %d, below %d already committed): "
+            "it restarted without its data; exiting in %.0f s without committing",
+            settings.topics.raw,
+            partition,
+            offset,
+            committed,
+            RESET_EXIT_SECONDS,
+        )
+        await asyncio.sleep(RESET_EXIT_SECONDS)
+        os._exit(4)
+
+    @app.timer(interval=2.0, name="watch_broker")
+    async def watch_broker() -> None:
+        for tp in list(app.consumer.assignment()):
+            if tp.topic == settings.topics.raw:
+                hw = highwater(tp.partition)
+                if hw is not None and hw >= 0:
+                    await check_offset(tp.partition, hw - 1 if hw > 0 else -1)
 
     @app.agent(partials, name="drift")
     async def drift(stream):

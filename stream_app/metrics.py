@@ -109,6 +109,17 @@ class WorkerMetrics:
             "Batches whose outputs had to be written again (the broker was away)",
             registry=r,
         )
+        self.champion_rejected = Gauge(
+            "stopdrift_champion_rejected_version",
+            "A champion version refused (it failed on its own reference rows): the worker kept "
+            "its model; 0 when none",
+            registry=r,
+        )
+        self.broker_reset = Gauge(
+            "stopdrift_broker_reset_detected",
+            "1 once the broker lost stops.raw's log (offsets went back): the worker exits",
+            registry=r,
+        )
         self.last_batch = Gauge(
             "stopdrift_last_batch_timestamp_seconds",
             "Unix time the last batch was written",

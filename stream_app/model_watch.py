@@ -33,11 +33,38 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+class ChampionRejected(Exception):
+    """A registered champion that cannot score its own reference rows."""
+
+
 def checked_load(settings: Settings, version: str | None) -> Champion:
-    """``load_champion`` after a 3 s health check: the MLflow client itself retries a refused
-    connection with backoff for about two minutes before it raises."""
+    """``load_champion`` after a 3 s health check (the MLflow client itself retries a refused
+    connection with backoff for about two minutes before it raises), then a smoke test: the
+    model must score rows of its own reference."""
     require_mlflow(settings)
-    return load_champion(settings, version)
+    champion = load_champion(settings, version)
+    smoke_test(champion)
+    return champion
+
+
+def smoke_test(champion: Champion, rows: int = 50) -> None:
+    """Raise ``ChampionRejected`` unless the model gives finite probabilities, one column per
+    class, for the first ``rows`` reference rows."""
+    import numpy as np
+
+    from stream_app.scoring import features_frame, score
+
+    sample = champion.reference_rows.head(rows).astype(object)
+    sample = sample.where(sample.notna(), None).to_dict("records")
+    try:
+        proba = score(champion.model, champion.classes, features_frame(sample)).proba
+        if not np.isfinite(proba).all():
+            raise ValueError("non-finite probabilities")
+    except Exception as exc:
+        raise ChampionRejected(
+            f"{champion.name} version {champion.version} cannot score its own reference rows "
+            f"({_why(exc)})"
+        ) from None
 
 
 def checked_version(settings: Settings) -> str | None:
@@ -58,6 +85,7 @@ class ModelWatch:
         self._version_of = version_of
         self.retry_seconds = retry_seconds
         self.current: Champion | None = None
+        self.rejected: str | None = None  # the last champion version refused (smoke test)
         self._ready: asyncio.Event | None = None
         self._registry_down = False
 
@@ -95,10 +123,14 @@ class ModelWatch:
             return None  # load_initial is still trying
         try:
             version = await asyncio.to_thread(self._version_of, self.settings)
-            if version is None or version == self.current.version:
+            if version is None or version in (self.current.version, self.rejected):
                 self._registry_up()
                 return None
             champion = await asyncio.to_thread(self._load, self.settings, version)
+        except ChampionRejected as exc:
+            self.rejected = version
+            log.error("%s: still scoring with version %s", exc, self.current.version)
+            return None
         except Exception as exc:
             if not self._registry_down:
                 log.warning(

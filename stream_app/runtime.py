@@ -82,6 +82,10 @@ class WorkerRuntime:
 
     async def poll_model(self) -> None:
         champion = await self.watch.poll()
+        rejected = self.watch.rejected
+        self.metrics.champion_rejected.set(
+            float(rejected) if rejected and rejected.isdigit() else 0
+        )
         if champion is not None:
             self._use(champion)
 

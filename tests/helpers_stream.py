@@ -55,6 +55,16 @@ class Worker:
         self.starts = 0
 
     def start(self) -> None:
+        """Start the worker and wait until it scores with the champion."""
+        self.spawn()
+        deadline = time.monotonic() + WAIT
+        while "stopdrift_model_loaded 1.0" not in metrics(self.metrics_port):
+            assert self.proc.poll() is None, self.log()
+            assert time.monotonic() < deadline, "worker did not load the model\n" + self.log()
+            time.sleep(0.3)
+
+    def spawn(self) -> None:
+        """Start the worker process (without waiting for it)."""
         s = self.settings
         self.starts += 1
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed below
@@ -89,11 +99,6 @@ class Worker:
         }
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        deadline = time.monotonic() + WAIT
-        while "stopdrift_model_loaded 1.0" not in metrics(self.metrics_port):
-            assert self.proc.poll() is None, self.log()
-            assert time.monotonic() < deadline, "worker did not load the model\n" + self.log()
-            time.sleep(0.3)
 
     @property
     def log_path(self) -> Path:

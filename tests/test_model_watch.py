@@ -77,3 +77,59 @@ def test_a_new_version_is_swapped_in_and_an_outage_keeps_the_current_model(caplo
     assert outages == [None, None] and w.current.version == "2"
     assert registry.loads == ["1", "2"]
     assert caplog.text.count("registry unreachable") == 1  # once per outage, not per poll
+
+
+def test_a_champion_that_cannot_score_its_reference_is_refused_once(caplog):
+    import numpy as np
+    import pandas as pd
+
+    from stream_app.model_watch import ChampionRejected, smoke_test
+
+    class Broken:
+        def predict_proba(self, frame):
+            raise ValueError("model broken")
+
+    rows = pd.DataFrame(
+        {
+            "state": ["AZ"],
+            "search_rate": [None],
+            "hit_rate": [None],
+            "inferred_threshold": [None],
+            "stops_per_year": [1.0],
+        }
+    )
+    broken = Champion("m", "3", "run", Broken(), {"classes": ["a", "b"]}, rows)
+    try:
+        smoke_test(broken)
+        raise AssertionError("a broken model passed the smoke test")
+    except ChampionRejected as exc:
+        assert "version 3 cannot score its own reference rows" in str(exc)
+
+    class Fine:
+        def predict_proba(self, frame):
+            return np.full((len(frame), 2), 0.5)
+
+    smoke_test(Champion("m", "1", "run", Fine(), {"classes": ["a", "b"]}, rows))
+
+    registry = FakeRegistry()
+    registry.version = "1"
+    real_load = registry.load
+
+    def load(settings, version):
+        if (version or registry.version) == "3":
+            registry.loads.append("3")
+            smoke_test(broken)
+        return real_load(settings, version)
+
+    w = ModelWatch(Settings(), load, registry.version_of, retry_seconds=0.01)
+
+    async def scenario():
+        await w.load_initial()
+        registry.version = "3"
+        with caplog.at_level(logging.ERROR, logger="stopdrift.worker"):
+            return [await w.poll(), await w.poll(), await w.poll()]
+
+    assert asyncio.run(scenario()) == [None, None, None]
+    assert w.current.version == "1" and w.rejected == "3"
+    assert registry.loads == ["1", "3"]  # tried once, not at every poll
+    assert caplog.text.count("cannot score its own reference rows") == 1

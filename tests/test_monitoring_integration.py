@@ -74,6 +74,7 @@ class Stack:
     worker: Worker
     prometheus: servers.Service
     alertmanager: servers.Service
+    drift_view: servers.Service
     model_version: str
     logs: Path
 
@@ -157,7 +158,20 @@ def stack(champion, tmp_path_factory):
             champion_settings, broker, base, "monitoring-it", window_events=WINDOW_EVENTS
         )
         version = register_copy(settings, MODEL_NAME)
-        worker = Worker(settings, logs, MODEL_NAME, ["--window-events", str(WINDOW_EVENTS)])
+        view_port = servers.free_port()
+        drift_view = servers.drift_view(view_port, settings.runs_dir / "evidently", logs).start()
+        started.append(drift_view)
+        worker = Worker(
+            settings,
+            logs,
+            MODEL_NAME,
+            [
+                "--window-events",
+                str(WINDOW_EVENTS),
+                "--drift-view-url",
+                f"http://127.0.0.1:{view_port}",
+            ],
+        )
         started.append(worker)
         worker.start()
 
@@ -175,7 +189,7 @@ def stack(champion, tmp_path_factory):
             servers.free_port(), config, base / "prometheus-data", logs
         ).start()
         started.append(prometheus)
-        s = Stack(settings, worker, prometheus, alertmanager, version, logs)
+        s = Stack(settings, worker, prometheus, alertmanager, drift_view, version, logs)
 
         # Scrapes of the idle worker first: counters then rise from a sample Prometheus has seen.
         wait_for(
@@ -294,3 +308,53 @@ def test_drift_alerts_topic_carries_the_verdict_and_the_report_exists(stack):
     wait_for(lambda: report.is_file() and report.stat().st_size > 0, f"report {report}", stack)
     page = report.read_text(errors="replace")
     assert "<html" in page[:5000].lower() and f"stopdrift drift alert {alert['id']}" in page
+
+
+def test_every_page_the_demo_prints_opens_with_content(stack):
+    """The URLs ``stopdrift demo`` prints (the README shows the same), and the pages an alert
+    links to, rendered by headless Chromium: no 404, real content."""
+    import argparse
+
+    from stopdrift.demo import Demo
+    from tests.helpers_pages import dump_dom, status
+
+    s = stack.settings.replace(
+        prometheus_port=stack.prometheus.port,
+        alertmanager_port=stack.alertmanager.port,
+        metrics_port=stack.worker.metrics_port,
+        drift_view_port=stack.drift_view.port,
+    )
+    demo = Demo(argparse.Namespace(), s)
+    demo.drift_view()  # finds the drift view the worker writes to (already serving: reused)
+    alert = wait_for(
+        lambda: [
+            a
+            for a in (orjson.loads(v) for v in read_topic(s, s.topics.alerts))
+            if a.get("report", {}).get("snapshot_url")
+        ],
+        "an alert with a drift view snapshot",
+        stack,
+    )[0]
+    report = Path(alert["report"]["path"])
+    wait_for(lambda: report.is_file(), "the alert's report", stack)
+    expected = {
+        "drift view": "Drift score per column",
+        "Prometheus": "StopdriftFeatureDrift",
+        "Alertmanager": "alertname",
+        "MLflow": "MLflow",
+        "metrics": "stopdrift_events_total",
+    }
+    pages = [(name, url, expected[name]) for name, url, _ in demo.urls()]
+    pages += [
+        ("alert snapshot", alert["report"]["snapshot_url"], "Drift"),
+        ("alert report", report.as_uri(), f"stopdrift drift alert {alert['id']}"),
+    ]
+    for name, url, marker in pages:
+        if url.startswith("http"):
+            assert status(url) == 200, (name, url, status(url))
+        dom = wait_for(
+            lambda url=url, marker=marker: marker in (d := dump_dom(url)) and d,
+            f"{name} ({url}) rendering {marker!r}",
+            stack,
+        )
+        assert "currently empty" not in dom, (name, url)

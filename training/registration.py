@@ -2,7 +2,7 @@
 
 PyCaret 3.3.2's own MLflow logging breaks with current mlflow, and mlflow 3 saves sklearn models
 with skops by default, which fails on PyCaret pipelines: runs are logged here by hand and the
-model is saved with cloudpickle (see /work/shared/NOTES.md).
+model is saved with cloudpickle (README, "Pitfalls we hit").
 """
 
 from __future__ import annotations
