@@ -133,6 +133,7 @@ def transport_error(exc: BaseException) -> bool:
             "KafkaConnectionError",
             "KafkaTimeoutError",
             "NodeNotReadyError",
+            "UnknownError",  # the embedded broker's answer while a topic is being recreated
         )
     return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
 
@@ -168,9 +169,11 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
             last_offsets: dict[int, int] = {}
             for event in events:
                 m = event.message
-                await check_offset(m.partition, m.offset)
                 messages.append(InMessage(m.value, m.key, m.topic, m.partition, m.offset))
                 last_offsets[m.partition] = m.offset
+            for partition, offset in last_offsets.items():
+                await check_log(partition)  # before any output: a lost log is not scored
+                read_up_to[partition] = max(read_up_to.get(partition, -1), offset)
             for group in split_by_size(messages, MAX_HANDLE_BYTES):
                 await handle_or_exit(group)
             runtime.record_lag(last_offsets, highwater)
@@ -187,6 +190,8 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
                 return
             except Exception as exc:
                 runtime.metrics.write_retries.inc()
+                for partition in {m.partition for m in messages}:
+                    await check_log(partition)  # the broker came back empty: say so, exit
                 if not transport_error(exc):
                     log.critical("writing a batch failed for good (%r): exiting uncommitted", exc)
                     os._exit(3)
@@ -203,23 +208,25 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
         log.critical("the broker stayed away: exiting without committing the batch")
         os._exit(3)  # a supervisor restarts the worker; the batch is read again
 
-    async def check_offset(partition: int, offset: int | None) -> None:
-        """Offsets of a partition never go back below what this worker committed, unless the
-        broker lost its log (the embedded broker keeps topics in memory: a restart empties
-        them). Scoring on would count new events as old ones and commit nothing (Faust
-        commits only higher offsets): say so, keep the batch unacked, exit for a fresh start."""
-        tp = faust.types.TP(settings.topics.raw, partition)
-        committed = app.consumer._committed_offset.get(tp)
-        if committed is None or offset is None or offset + 1 >= committed:
+    read_up_to: dict[int, int] = {}  # per partition of stops.raw: the highest offset read
+
+    async def check_log(partition: int) -> None:
+        """A partition's log end never falls below an offset already read, unless the broker
+        lost its log (the embedded broker keeps topics in memory: a restart empties them).
+        Scoring on would count new events as old ones and commit nothing (Faust commits only
+        higher offsets): say so, keep the batch unacked, exit for a fresh start."""
+        read = read_up_to.get(partition)
+        end = highwater(partition)
+        if read is None or end is None or end < 0 or end > read:
             return
         runtime.metrics.broker_reset.set(1)
         log.critical(
-            "the broker lost %s (partition %d is at offset %d, below %d already committed): "
-            "it restarted without its data; exiting in %.0f s without committing",
+            "the broker lost %s (partition %d ends at offset %d, but offset %d was read): it "
+            "restarted without its data; exiting in %.0f s without committing",
             settings.topics.raw,
             partition,
-            offset,
-            committed,
+            end,
+            read,
             RESET_EXIT_SECONDS,
         )
         await asyncio.sleep(RESET_EXIT_SECONDS)
@@ -227,11 +234,8 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
 
     @app.timer(interval=2.0, name="watch_broker")
     async def watch_broker() -> None:
-        for tp in list(app.consumer.assignment()):
-            if tp.topic == settings.topics.raw:
-                hw = highwater(tp.partition)
-                if hw is not None and hw >= 0:
-                    await check_offset(tp.partition, hw - 1 if hw > 0 else -1)
+        for partition in list(read_up_to):
+            await check_log(partition)
 
     @app.agent(partials, name="drift")
     async def drift(stream):
