@@ -53,7 +53,8 @@ from typing import Any
 
 import pandas as pd
 
-from stopdrift_common.schema import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from stopdrift_common.schema import NUMERIC_FEATURES
+from stream_app.reports import MONITORED_CATEGORICAL, evidently_dataset, monitored_columns
 
 __all__ = [
     "CREATED_BY",
@@ -61,7 +62,6 @@ __all__ = [
     "UI_ENV",
     "DriftView",
     "SnapshotInfo",
-    "monitored_columns",
     "new_snapshot_id",
     "ui_command",
 ]
@@ -69,8 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PREDICTED = "predicted"
-NUMERIC_COLUMNS = list(NUMERIC_FEATURES)
-CATEGORICAL_COLUMNS = [*CATEGORICAL_FEATURES, PREDICTED]
 
 # Fixed drift methods, so a plotted value means the same thing whatever the sample sizes
 # (Evidently's automatic choice switches to p-values, where low means drift, for a reference
@@ -134,28 +132,6 @@ def new_snapshot_id() -> str:
     import uuid6  # Evidently's dependency, light (unlike importing Evidently)
 
     return str(uuid6.uuid7())
-
-
-def monitored_columns(
-    reference_rows: pd.DataFrame, window_rows: pd.DataFrame
-) -> tuple[list[str], list[str]]:
-    """The numeric and categorical columns to compare: those both frames hold with at least one
-    value each (Evidently refuses a column that is empty on either side).
-
-    >>> ref = pd.DataFrame({"hit_rate": [0.1, None], "state": ["AZ", "CA"], "predicted": "a"})
-    >>> win = pd.DataFrame({"hit_rate": [None, None], "state": ["AZ", "AZ"], "predicted": "b"})
-    >>> monitored_columns(ref, win)
-    ([], ['state', 'predicted'])
-    """
-
-    def usable(c: str) -> bool:
-        return (
-            c in reference_rows.columns
-            and c in window_rows.columns
-            and bool(reference_rows[c].notna().any() and window_rows[c].notna().any())
-        )
-
-    return [c for c in NUMERIC_COLUMNS if usable(c)], [c for c in CATEGORICAL_COLUMNS if usable(c)]
 
 
 class DriftView:
@@ -395,7 +371,7 @@ def _snapshot_model(
     if not num and not cat:
         raise ValueError(
             f"reference and window rows share no monitored column with values "
-            f"(monitored: {NUMERIC_COLUMNS + CATEGORICAL_COLUMNS})"
+            f"(monitored: {NUMERIC_FEATURES + MONITORED_CATEGORICAL})"
         )
     metrics: list[Any] = [
         DataDriftPreset(
@@ -409,8 +385,8 @@ def _snapshot_model(
     if PREDICTED in cat:
         metrics.append(UniqueValueCount(column=PREDICTED))
     snapshot = Report(metrics).run(
-        _dataset(window_rows, num, cat),
-        _dataset(reference_rows, num, cat),
+        evidently_dataset(window_rows, num, cat),
+        evidently_dataset(reference_rows, num, cat),
         timestamp=timestamp,
         tags=tags,
         metadata=metadata,
@@ -419,18 +395,6 @@ def _snapshot_model(
     for result in model.metric_results.values():
         result.widget = None  # the snapshot page draws the report-level widgets, kept
     return model
-
-
-def _dataset(rows: pd.DataFrame, num: list[str], cat: list[str]) -> Any:
-    from evidently import DataDefinition, Dataset
-
-    frame = rows[num + cat].copy()
-    for c in num:
-        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
-    for c in cat:
-        frame[c] = frame[c].astype(object)
-    definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
-    return Dataset.from_pandas(frame, data_definition=definition)
 
 
 def _panels(namespace: uuid.UUID) -> list[Any]:

@@ -190,37 +190,52 @@ def summary_html(alert: dict[str, Any]) -> str:
     )
 
 
-def _columns(reference_rows: pd.DataFrame, window_rows: pd.DataFrame) -> tuple[list, list]:
-    both = set(reference_rows.columns) & set(window_rows.columns)
+def monitored_columns(
+    reference_rows: pd.DataFrame, window_rows: pd.DataFrame
+) -> tuple[list[str], list[str]]:
+    """The numeric and categorical columns to compare: those both frames hold with at least one
+    value each (Evidently refuses a column that is empty on either side).
 
-    def has_values(c: str) -> bool:  # Evidently refuses a column that is empty on either side
-        return bool(reference_rows[c].notna().any() and window_rows[c].notna().any())
+    >>> ref = pd.DataFrame({"hit_rate": [0.1, None], "state": ["AZ", "CA"], "predicted": "a"})
+    >>> win = pd.DataFrame({"hit_rate": [None, None], "state": ["AZ", "AZ"], "predicted": "b"})
+    >>> monitored_columns(ref, win)
+    ([], ['state', 'predicted'])
+    """
 
-    both = {c for c in both if has_values(c)}
-    num = [c for c in NUMERIC_FEATURES if c in both]
-    cat = [c for c in MONITORED_CATEGORICAL if c in both]
-    return num, cat
+    def usable(c: str) -> bool:
+        return (
+            c in reference_rows.columns
+            and c in window_rows.columns
+            and bool(reference_rows[c].notna().any() and window_rows[c].notna().any())
+        )
+
+    num = [c for c in NUMERIC_FEATURES if usable(c)]
+    return num, [c for c in MONITORED_CATEGORICAL if usable(c)]
+
+
+def evidently_dataset(rows: pd.DataFrame, num: list[str], cat: list[str]) -> Any:
+    """``rows`` as an Evidently dataset of the columns ``num`` (as floats) and ``cat``."""
+    from evidently import DataDefinition, Dataset
+
+    frame = rows[num + cat].copy()
+    for c in num:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
+    for c in cat:
+        frame[c] = frame[c].astype(object)
+    definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
+    return Dataset.from_pandas(frame, data_definition=definition)
 
 
 def _run(reference_rows: pd.DataFrame, window_rows: pd.DataFrame):
-    from evidently import DataDefinition, Dataset, Report
+    from evidently import Report
     from evidently.presets import DataDriftPreset
 
-    num, cat = _columns(reference_rows, window_rows)
+    num, cat = monitored_columns(reference_rows, window_rows)
     if not num and not cat:
         raise ValueError("reference and window rows share no monitored column")
-
-    def dataset(df: pd.DataFrame):
-        frame = df[num + cat].copy()
-        for c in num:
-            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype(float)
-        for c in cat:
-            frame[c] = frame[c].astype(object)
-        definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
-        return Dataset.from_pandas(frame, data_definition=definition)
-
     report = Report([DataDriftPreset(columns=num + cat)])
-    return report.run(dataset(window_rows), dataset(reference_rows)), num + cat
+    window, reference = (evidently_dataset(r, num, cat) for r in (window_rows, reference_rows))
+    return report.run(window, reference), num + cat
 
 
 def write_drift_report(
