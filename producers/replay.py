@@ -145,10 +145,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     topic = args.topic or settings.topics.raw
     tables = load_tables(settings)
+    total = count_events(len(scenario.rows(tables, args.source, 0)), args.loop, args.limit)
+    at = getattr(scenario, "at", 0)
+    if at >= total > 0:  # a drift scenario that would never start: say so rather than send
+        raise UserError(
+            f"--at {at} is never reached: this run sends {total} events (--source "
+            f"{args.source}, --loop {args.loop}); raise --loop or lower --at"
+        )
     _ensure_topic(settings, topic)
     producer = make_producer(settings)
 
-    total = count_events(len(scenario.rows(tables, args.source, 0)), args.loop, args.limit)
     rate = float(args.rate)
     if rate > 0:
         chunk_events = max(1, int(rate * CHUNK_SECONDS))

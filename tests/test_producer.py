@@ -156,3 +156,12 @@ def test_no_broker_is_a_one_line_user_error(capsys):
     code = main(["produce", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--limit", "1"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "stopdrift broker" in err
+
+
+def test_a_scenario_start_beyond_the_run_is_a_user_error(capsys):
+    from stopdrift.servers import free_port
+
+    args = ["produce", "--scenario", "shift", "--at", "5000", "--limit", "4000"]
+    code = main([*args, "--bootstrap-servers", f"127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "--at 5000 is never reached" in err
