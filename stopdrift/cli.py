@@ -59,13 +59,7 @@ def _shown(value: object) -> str:
             return str(value.relative_to(PROJECT_ROOT)) + "/"
         except ValueError:
             return str(value)
-    return (
-        "the embedded broker"
-        if value is None
-        else f"{value:g}"
-        if isinstance(value, float)
-        else str(value)
-    )
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def setting(p: argparse.ArgumentParser, flag: str, field: str, **kw) -> None:
@@ -78,7 +72,9 @@ def setting(p: argparse.ArgumentParser, flag: str, field: str, **kw) -> None:
         flag,
         dest=field,
         type=kw.pop("type", kind),
-        help=f"{what} (default {_shown(info.default)}; env {env_name(field)})",
+        # A setting without a default (None) says in its description what stands in for it.
+        help=f"{what} ({'' if info.default is None else f'default {_shown(info.default)}; '}"
+        f"env {env_name(field)})",
         **kw,
     )
 

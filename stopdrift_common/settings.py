@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(5001, ge=1, le=65535, description="port of `stopdrift mlflow`")
     mlflow_host: str = Field("127.0.0.1", description="address `stopdrift mlflow` binds")
     mlflow_backend_store_uri: str | None = Field(
-        None, description="MLflow backend store (default: sqlite under runs/mlflow)"
+        None, description="MLflow backend store (default sqlite under runs/mlflow)"
     )
     mlflow_artifacts_dir: Path | None = Field(
         None, description="MLflow artifact store (default runs/mlflow/artifacts)"
@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         None,
         validation_alias=_alias("kafka_bootstrap_servers"),
-        description="Kafka brokers, host:port[,host:port] (none: the embedded broker)",
+        description="Kafka brokers, host:port[,host:port] (default the embedded broker, "
+        "127.0.0.1:9092)",
     )
     broker_port: int = Field(9092, ge=1, le=65535, description="port of the embedded broker")
     partitions: int = Field(4, ge=1, le=1024, description="partitions of stops.raw")
@@ -127,7 +128,7 @@ class Settings(BaseSettings):
     drift_view_port: int = Field(8085, ge=1, le=65535, description="port of `stopdrift ui`")
     drift_view_host: str = Field("127.0.0.1", description="address `stopdrift ui` binds")
     drift_view_url: str | None = Field(
-        None, description="URL staff reach the drift view at (default http://host:port)"
+        None, description="URL staff reach the drift view at (default http://127.0.0.1:8085)"
     )
     drift_view_keep: int = Field(200, ge=1, description="drift view snapshots kept")
     drift_view_window_seconds: float = Field(

@@ -159,7 +159,7 @@ def send_all(settings: Settings, messages: list[tuple[bytes | None, bytes]]) -> 
 
 def read_topic(settings: Settings, topic: str) -> list[bytes]:
     """Every message on ``topic`` so far (no consumer group: assign, read until quiet). Not
-    ``end_offsets``: the embedded broker's ListOffsets LATEST is wrong (docs: NOTES.md)."""
+    ``end_offsets``: the embedded broker's ListOffsets LATEST is wrong (README, pitfalls)."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
