@@ -209,6 +209,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
         os._exit(3)  # a supervisor restarts the worker; the batch is read again
 
     read_up_to: dict[int, int] = {}  # per partition of stops.raw: the highest offset read
+    lost = asyncio.Event()  # the broker lost its log: this worker only waits to exit
 
     async def check_log(partition: int) -> None:
         """A partition's log end never falls below an offset already read, unless the broker
@@ -220,6 +221,10 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
         if read is None or end is None or end < 0 or end > read:
             return
         runtime.metrics.broker_reset.set(1)
+        # Nothing more goes to the new, empty broker: no table records (a changelog written
+        # now would be recovered by the next worker), no windows, no alerts.
+        lost.set()
+        coordinator.active = False
         log.critical(
             "the broker lost %s (partition %d ends at offset %d, but offset %d was read): it "
             "restarted without its data; exiting in %.0f s without committing",
@@ -252,7 +257,8 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
     async def reassigned(sender, **kwargs) -> None:
         # After the table's recovery: restore the windows if this worker coordinates now.
         owns = faust.types.TP(settings.partials_topic, 0) in app.assignor.assigned_actives()
-        await coordinator.assigned(owns, dict(windows.items()) if owns else {})
+        if not lost.is_set():
+            await coordinator.assigned(owns, dict(windows.items()) if owns else {})
 
     @app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs) -> None:
