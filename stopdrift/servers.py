@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ class Service:
     log_path: Path | None  # None: the server writes to this process's stdout/stderr
     ready_timeout: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
+    # An HTTP path that answers 200 once the server serves: Prometheus opens its port before it
+    # is ready and answers 503 until then.
+    ready_path: str | None = None
     proc: subprocess.Popen | None = None
 
     def start(self) -> Service:
@@ -84,8 +88,24 @@ class Service:
         )
         if log is not None:
             log.close()
+        started = time.monotonic()
         wait_for_port(self.port, self.ready_timeout, self.proc, self.name, self.log_path)
+        if self.ready_path is not None:
+            self._wait_ready(started + self.ready_timeout)
         return self
+
+    def _wait_ready(self, deadline: float) -> None:
+        url = f"http://{LOOPBACK}:{self.port}{self.ready_path}"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # HTTPError 503 included: not ready yet
+                pass
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"{self.name} did not get ready at {url}")
+            time.sleep(0.2)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -207,7 +227,8 @@ def prometheus(port: int, config: Path, data_dir: Path, log_dir: Path) -> Servic
         f"--storage.tsdb.path={data_dir}",
         "--web.enable-lifecycle",
     ]
-    return Service("prometheus", cmd, port, log_dir / "prometheus.log", ready_timeout=30)
+    log = log_dir / "prometheus.log"
+    return Service("prometheus", cmd, port, log, ready_timeout=30, ready_path="/-/ready")
 
 
 def alertmanager(port: int, config: Path, data_dir: Path, log_dir: Path) -> Service:
@@ -218,4 +239,5 @@ def alertmanager(port: int, config: Path, data_dir: Path, log_dir: Path) -> Serv
         f"--storage.path={data_dir}",
         "--cluster.listen-address=",
     ]
-    return Service("alertmanager", cmd, port, log_dir / "alertmanager.log", ready_timeout=30)
+    log = log_dir / "alertmanager.log"
+    return Service("alertmanager", cmd, port, log, ready_timeout=30, ready_path="/-/ready")
