@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 
 from stopdrift import servers
-from stopdrift_common.errors import UserError
+from stopdrift_common.errors import EXIT_BROKER_LOST, UserError
 from stopdrift_common.registry import champion_version, require_mlflow
 from stopdrift_common.settings import PROJECT_ROOT, Settings
-from stopdrift_common.topics import ensure_topics
+from stopdrift_common.topics import discard_drift_state, ensure_topics
 
 MONITORING = PROJECT_ROOT / "monitoring"
 
@@ -221,6 +221,11 @@ class Demo:
         if proc is None or proc.poll() is None:
             return
         self.restarts += 1
+        if proc.returncode == EXIT_BROKER_LOST:
+            # The worker discarded its group's drift state before exiting; again now that it is
+            # gone, in case the broker took a late write of it (a stale changelog stalls the
+            # next worker's table recovery).
+            discard_drift_state(self.settings)
         self.say(
             f"worker exited with code {proc.returncode}: starting it again (restart "
             f"{self.restarts}; log {self.logs / 'worker.log'})"

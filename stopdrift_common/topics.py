@@ -65,3 +65,19 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
         return wanted
     finally:
         client.close()
+
+
+def discard_drift_state(settings: Settings) -> None:
+    """Delete the worker group's drift state on the broker (its partials and the changelog of
+    its open windows) and recreate the partials topic. After the broker lost its log, that
+    state speaks of offsets and windows of a log that is gone (and the broker may have
+    auto-created those topics, with the wrong partition count, from late writes)."""
+    client = admin(settings)
+    try:
+        stale = {settings.partials_topic, settings.windows_changelog_topic}
+        present = stale & set(client.list_topics())
+        if present:
+            client.delete_topics(sorted(present))
+    finally:
+        client.close()
+    ensure_topics(settings)

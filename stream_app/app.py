@@ -20,7 +20,9 @@ from pathlib import Path
 
 import faust
 
-from stopdrift_common.settings import Settings
+from stopdrift_common.errors import EXIT_BROKER_LOST, EXIT_WRITE_FAILED
+from stopdrift_common.settings import WINDOWS_TABLE, Settings
+from stopdrift_common.topics import discard_drift_state
 from stream_app.coordinator import Coordinator
 from stream_app.outcomes import InMessage, split_by_size
 from stream_app.runtime import WorkerRuntime
@@ -154,7 +156,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
     # One partition, written with the partitioner: take_events has no "current event" for the
     # table to take a partition from.
     windows = app.Table(
-        "drift-windows", partitions=1, key_type=str, value_type=bytes, use_partitioner=True
+        WINDOWS_TABLE, partitions=1, key_type=str, value_type=bytes, use_partitioner=True
     )
 
     @app.agent(raw, name="score")
@@ -194,7 +196,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
                     await check_log(partition)  # the broker came back empty: say so, exit
                 if not transport_error(exc):
                     log.critical("writing a batch failed for good (%r): exiting uncommitted", exc)
-                    os._exit(3)
+                    os._exit(EXIT_WRITE_FAILED)
                 wait = min(2.0**attempt, 30.0)
                 log.error(
                     "writing a batch of %d messages failed (attempt %d/%d: %r); retrying in %.0f s",
@@ -206,7 +208,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
                 )
                 await asyncio.sleep(wait)
         log.critical("the broker stayed away: exiting without committing the batch")
-        os._exit(3)  # a supervisor restarts the worker; the batch is read again
+        os._exit(EXIT_WRITE_FAILED)  # a supervisor restarts the worker; the batch is read again
 
     read_up_to: dict[int, int] = {}  # per partition of stops.raw: the highest offset read
     lost = asyncio.Event()  # the broker lost its log: this worker only waits to exit
@@ -234,8 +236,13 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
             read,
             RESET_EXIT_SECONDS,
         )
-        await asyncio.sleep(RESET_EXIT_SECONDS)
-        os._exit(4)
+        await asyncio.sleep(RESET_EXIT_SECONDS)  # late writes flushed; /metrics scraped
+        try:  # whoever starts next must not restore windows of the lost log
+            discard_drift_state(settings)
+            log.critical("discarded this group's drift state on the broker; exiting")
+        except Exception as exc:
+            log.critical("could not discard the drift state on the broker (%r); exiting", exc)
+        os._exit(EXIT_BROKER_LOST)
 
     @app.timer(interval=2.0, name="watch_broker")
     async def watch_broker() -> None:
@@ -251,7 +258,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
                 await coordinator.merge([e.message.value for e in events], writer.write, windows)
             except Exception:  # a bug: restart rather than ack partials that were not merged
                 log.critical("the drift coordinator failed: exiting uncommitted", exc_info=True)
-                os._exit(3)
+                os._exit(EXIT_WRITE_FAILED)
 
     @app.on_rebalance_complete.connect
     async def reassigned(sender, **kwargs) -> None:
