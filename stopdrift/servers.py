@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -158,6 +159,10 @@ def broker(port: int, log_dir: Path) -> Service:
         url,
         "--storage-engine",
         "memory://tansu/",
+        # In memory, every start is a new cluster: say so, so that clients can tell (the
+        # worker names its table's changelog after the cluster).
+        "--cluster-id",
+        f"stopdrift-{secrets.token_hex(4)}",
     ]
     return Service("broker", cmd, port, log_dir / "broker.log", ready_timeout=20)
 

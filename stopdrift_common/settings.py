@@ -34,7 +34,7 @@ ALIASES = {
 }
 
 
-WINDOWS_TABLE = "drift-windows"  # the coordinator's Faust table of open windows
+WINDOWS_TABLE = "drift-windows"  # the coordinator's Faust table of open windows (a prefix)
 
 
 @dataclass(frozen=True)
@@ -174,11 +174,6 @@ class Settings(BaseSettings):
         partition, so exactly one worker owns it and N workers give one worker's figures; one
         topic per group (worker_id), so two groups never count each other's events."""
         return f"{self.topics.partials_prefix}.{self.worker_id}"
-
-    @property
-    def windows_changelog_topic(self) -> str:
-        """The changelog of the coordinator's open-windows table (Faust creates it)."""
-        return f"{self.worker_id}-{WINDOWS_TABLE}-changelog"
 
     @property
     def drift_view_base_url(self) -> str:

@@ -4,10 +4,11 @@ with 4 partitions, whatever the user asked for)."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 
 from stopdrift_common.errors import ServerUnavailable
-from stopdrift_common.settings import Settings
+from stopdrift_common.settings import WINDOWS_TABLE, Settings
 
 
 def broker_unavailable(settings: Settings) -> ServerUnavailable:
@@ -67,17 +68,37 @@ def ensure_topics(settings: Settings, partitions: int | None = None) -> list[str
         client.close()
 
 
-def discard_drift_state(settings: Settings) -> None:
-    """Delete the worker group's drift state on the broker (its partials and the changelog of
-    its open windows) and recreate the partials topic. After the broker lost its log, that
-    state speaks of offsets and windows of a log that is gone (and the broker may have
-    auto-created those topics, with the wrong partition count, from late writes)."""
+def cluster_id(settings: Settings) -> str:
+    """The broker cluster's id. The embedded broker gets a new one at every start (its topics
+    are in memory: each start is a new cluster); Apache Kafka keeps its own."""
     client = admin(settings)
     try:
-        stale = {settings.partials_topic, settings.windows_changelog_topic}
-        present = stale & set(client.list_topics())
-        if present:
-            client.delete_topics(sorted(present))
+        return str(client.describe_cluster()["cluster_id"])
+    finally:
+        client.close()
+
+
+def windows_table(cluster: str) -> str:
+    """The name of the coordinator's open-windows table on cluster ``cluster``: a broker that
+    restarted empty gets a fresh changelog, never the name of one it deleted or lost (the
+    embedded broker reports a stale end offset for a recreated topic, and Faust's recovery
+    would wait forever for records that are not there).
+
+    >>> windows_table("stopdrift-1a2b3c4d")
+    'drift-windows-stopdrift-1a2b3c4d'
+    """
+    return f"{WINDOWS_TABLE}-{re.sub(r'[^A-Za-z0-9._-]', '_', cluster)}"
+
+
+def discard_drift_state(settings: Settings) -> None:
+    """Delete the worker group's drift partials on the broker and recreate the topic. After
+    the broker lost its log, partials written late by a worker of the old log speak of events
+    that are gone (and the broker auto-creates the topic from such writes, with 4
+    partitions)."""
+    client = admin(settings)
+    try:
+        if settings.partials_topic in set(client.list_topics()):
+            client.delete_topics([settings.partials_topic])
     finally:
         client.close()
     ensure_topics(settings)

@@ -21,8 +21,7 @@ from pathlib import Path
 import faust
 
 from stopdrift_common.errors import EXIT_BROKER_LOST, EXIT_WRITE_FAILED
-from stopdrift_common.settings import WINDOWS_TABLE, Settings
-from stopdrift_common.topics import discard_drift_state
+from stopdrift_common.settings import Settings
 from stream_app.coordinator import Coordinator
 from stream_app.outcomes import InMessage, split_by_size
 from stream_app.runtime import WorkerRuntime
@@ -140,7 +139,9 @@ def transport_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
 
 
-def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordinator) -> faust.App:
+def create_app(
+    settings: Settings, runtime: WorkerRuntime, coordinator: Coordinator, windows_table: str
+) -> faust.App:
     limit_fetch_wait()
     app = faust.App(settings.worker_id, **faust_settings(settings))
 
@@ -156,7 +157,7 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
     # One partition, written with the partitioner: take_events has no "current event" for the
     # table to take a partition from.
     windows = app.Table(
-        WINDOWS_TABLE, partitions=1, key_type=str, value_type=bytes, use_partitioner=True
+        windows_table, partitions=1, key_type=str, value_type=bytes, use_partitioner=True
     )
 
     @app.agent(raw, name="score")
@@ -237,11 +238,6 @@ def create_app(settings: Settings, runtime: WorkerRuntime, coordinator: Coordina
             RESET_EXIT_SECONDS,
         )
         await asyncio.sleep(RESET_EXIT_SECONDS)  # late writes flushed; /metrics scraped
-        try:  # whoever starts next must not restore windows of the lost log
-            discard_drift_state(settings)
-            log.critical("discarded this group's drift state on the broker; exiting")
-        except Exception as exc:
-            log.critical("could not discard the drift state on the broker (%r); exiting", exc)
         os._exit(EXIT_BROKER_LOST)
 
     @app.timer(interval=2.0, name="watch_broker")

@@ -14,7 +14,7 @@ import socket
 
 from stopdrift_common.errors import UserError
 from stopdrift_common.settings import Settings
-from stopdrift_common.topics import ensure_topics, require_broker
+from stopdrift_common.topics import cluster_id, ensure_topics, require_broker, windows_table
 from stream_app.runtime import WorkerRuntime
 
 
@@ -57,7 +57,8 @@ def build(settings: Settings):
     )
     coordinator = Coordinator(settings, champion=lambda: watch.current, reports=reports)
     metrics.registry.register(DriftCollector(coordinator))
-    return create_app(settings, runtime, coordinator), runtime, coordinator
+    table = windows_table(cluster_id(settings))
+    return create_app(settings, runtime, coordinator, table), runtime, coordinator
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
