@@ -113,10 +113,18 @@ def test_a_every_event_gets_one_outcome_and_bad_ones_say_why(stream, rows):
         "empty_array": b"[]",
         "empty_message": b"",
     }
+    # Hostile numbers (they once failed every batch they were in): one dead-letter each.
+    huge = "1" + "0" * 400
+    hostile = [
+        ("out_of_range", text.replace('"stops_per_year":', f'"stops_per_year":{huge},"x":')),
+        ("wrong_type", text.replace('"seq":', f'"seq":{2**64},"x":')),  # beyond 64 bits
+        ("out_of_range", text.replace('"seq":', f'"seq":{2**63 + 1},"x":')),  # past int64
+    ]
     messages += [(b"AZ", raw) for raw in bad.values()]
+    messages += [(b"AZ", raw.encode()) for _, raw in hostile]
     messages.append((b"AZ", dumps(mixed)))
     send_all(settings, messages)
-    n_events = len(good) + len(bad) + len(mixed)
+    n_events = len(good) + len(bad) + len(hostile) + len(mixed)
 
     def outcomes():
         s = [r for r in scored(settings) if r["event_id"].startswith("a-")]
@@ -131,7 +139,9 @@ def test_a_every_event_gets_one_outcome_and_bad_ones_say_why(stream, rows):
     assert set(ids) == {e["event_id"] for e in good} | {"a-mixed-0", "a-mixed-1"}
     assert max(ids.values()) == 1
     codes = Counter(d["code"] for d in letters)
-    assert codes == Counter({**{k: 1 for k in bad}, "unknown_category": 2, "not_object": 1})
+    expected_codes = Counter({**{k: 1 for k in bad}, "unknown_category": 2, "not_object": 1})
+    expected_codes.update(code for code, _ in hostile)
+    assert codes == expected_codes
     for d in letters:
         assert d["reason"] and d["source_topic"] == settings.topics.raw and d["worker_id"]
         assert ("original_text" in d or "original_base64" in d) or "element" in d
