@@ -278,7 +278,9 @@ def broken_champion(base: Path, mlflow: Settings) -> dict:
         feed.join()
         got = run.wait_for_outcomes({e["event_id"] for e in run.events})
         rejected = re.search(
-            r"stopdrift_champion_rejected_version (\S+)", metrics(run.worker.metrics_port)
+            r"^stopdrift_champion_rejected_version (\S+)$",
+            metrics(run.worker.metrics_port),
+            flags=re.M,
         )
         said = rejected and float(rejected.group(1)) == float(version)
         return row(

@@ -222,9 +222,8 @@ class Demo:
             return
         self.restarts += 1
         if proc.returncode == EXIT_BROKER_LOST:
-            # The worker discarded its group's drift state before exiting; again now that it is
-            # gone, in case the broker took a late write of it (a stale changelog stalls the
-            # next worker's table recovery).
+            # Partials the worker wrote late, on the new broker, speak of events of the lost
+            # log: the next worker must not merge them.
             discard_drift_state(self.settings)
         self.say(
             f"worker exited with code {proc.returncode}: starting it again (restart "

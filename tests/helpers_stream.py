@@ -205,6 +205,14 @@ def produce_command(settings: Settings, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+def natural_feed(settings: Settings, rate: float, limit: int) -> list[str]:
+    """``stopdrift produce`` of the natural scenario (state rows, then city rows)."""
+    return produce_command(
+        settings, "--scenario", "natural", "--source", "both", "--rate", str(rate),
+        "--limit", str(limit),
+    )  # fmt: skip
+
+
 def drift_records(settings: Settings, topic: str) -> list[dict]:
     """This worker group's records on ``drift.windows`` or ``drift.alerts``, in topic order."""
     import orjson

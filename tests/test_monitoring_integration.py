@@ -42,7 +42,7 @@ from stopdrift_common.schema import NUMERIC_FEATURES
 from stopdrift_common.settings import Settings
 from tests.helpers_stream import (
     Worker,
-    produce_command,
+    natural_feed,
     read_topic,
     register_copy,
     send_all,
@@ -200,17 +200,8 @@ def stack(champion, tmp_path_factory):
             s,
         )
         done = subprocess.run(
-            produce_command(
-                settings,
-                "--scenario",
-                "natural",
-                "--source",
-                "both",
-                "--rate",
-                str(RATE),
-                "--limit",
-                str(N_EVENTS - 10),  # the last 10 come out of range (malformed_messages)
-            ),
+            # The last 10 events come out of range (malformed_messages).
+            natural_feed(settings, RATE, N_EVENTS - 10),
             capture_output=True,
             text=True,
             timeout=300,

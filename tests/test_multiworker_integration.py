@@ -22,7 +22,7 @@ from tests.helpers_stream import (
     Worker,
     drift_records,
     metrics,
-    produce_command,
+    natural_feed,
     register_copy,
     stream_settings,
 )
@@ -64,17 +64,7 @@ def test_two_workers_and_a_sigkill_give_one_workers_windows(champion, tmp_path):
         time.sleep(12)  # let the two-worker group finish its rebalance before events arrive
 
         producer = subprocess.Popen(
-            produce_command(
-                base,
-                "--scenario",
-                "natural",
-                "--source",
-                "both",
-                "--rate",
-                str(RATE),
-                "--limit",
-                str(N_EVENTS),
-            ),
+            natural_feed(base, RATE, N_EVENTS),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -19,7 +19,7 @@ from stopdrift import servers
 from tests.helpers_stream import (
     Worker,
     drift_records,
-    produce_command,
+    natural_feed,
     register_copy,
     stream_settings,
 )
@@ -47,17 +47,7 @@ def test_windows_survive_a_sigkill_exactly_once(champion, tmp_path):
         worker = Worker(settings, logs, MODEL_NAME, FLAGS)
         worker.start()
         producer = subprocess.Popen(
-            produce_command(
-                settings,
-                "--scenario",
-                "natural",
-                "--source",
-                "both",
-                "--rate",
-                str(RATE),
-                "--limit",
-                str(N_EVENTS),
-            ),
+            natural_feed(settings, RATE, N_EVENTS),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
