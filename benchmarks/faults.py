@@ -324,7 +324,7 @@ def unknown_state_flood(base: Path, mlflow: Settings) -> dict:
         run.start_worker()
         series_before = len(metrics(run.worker.metrics_port).splitlines())
         flood = [
-            {**e, "state": f"Z{i:05d}", "event_id": f"flood-{i}"}
+            {**e, "state": f"Z{i:05d}", "event_id": f"unknown-state-{i}"}
             for i, e in enumerate(state_events(10_000))
         ]
         t = time.time()
