@@ -34,8 +34,11 @@ closed windows; older ones leave a per-partition floor behind.
 [(0, 3, 'full')]
 >>> book.add(ev, floors={}, now=1.0)  # the same events again: nothing new
 0
+>>> twice = Events.of(frame.iloc[:2], layout, partition=[1, 1], position=[9, 9], seq=[5, 5])
+>>> book.add(twice, floors={}, now=1.0)  # one event delivered twice in a batch: counted once
+1
 >>> book.close_idle(now=10.0, idle_seconds=5.0); [(w.key, w.counts.n) for w in book.ready()]
-[(1, 2)]
+[(1, 3)]
 """
 
 from __future__ import annotations
@@ -226,6 +229,12 @@ class WindowBook:
         pos = np.concatenate([events.position, events.reject_position])
         seq = np.concatenate([events.seq, events.reject_seq])
         keys = np.where(seq >= 0, seq // self.window_events, -1)
+        # One event twice in one batch (a consumer that seeks back re-delivers what it had
+        # buffered): the positions below only skip what earlier batches counted.
+        first = np.zeros(len(part), dtype=bool)
+        first[np.unique(np.stack([part, pos]), axis=1, return_index=True)[1]] = True
+        self.duplicates += int((~first & (keys >= 0)).sum())
+        keys[~first] = -1
         new = 0
         for key in np.unique(keys[keys >= 0]).tolist():
             sel = np.flatnonzero(keys == key)

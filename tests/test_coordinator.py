@@ -207,6 +207,21 @@ def test_batches_read_twice_are_counted_once(settings, champion, parts, live):
     assert h.coordinator.monitor.books["1"].duplicates == windowed
 
 
+def test_messages_twice_in_one_batch_are_counted_once(settings, champion, parts, live):
+    # A consumer that seeks back after a rebalance re-delivers what it had buffered: the same
+    # messages can sit twice in one batch, beside new ones.
+    batches = live_order(parts)
+    doubled = [b + b[: len(b) // 2] if i % 3 == 0 else b for i, b in enumerate(batches)]
+    h = run(settings, champion, doubled)
+    assert summary(h.records(settings.topics.windows)) == summary(
+        live.records(settings.topics.windows)
+    )
+    repeated = sum(
+        1 for i, b in enumerate(batches) if i % 3 == 0 for m in b[: len(b) // 2] if _seq(m) >= 0
+    )
+    assert h.coordinator.monitor.books["1"].duplicates == repeated
+
+
 def test_a_restart_from_the_table_loses_and_repeats_nothing(settings, champion, parts, live):
     batches = live_order(parts)
     first = Harness(settings, champion)
