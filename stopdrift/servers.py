@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stopdrift_common.errors import ServerUnavailable, UserError
+from stopdrift_common.ports import LOOPBACK, free_port, port_open
 
-LOOPBACK = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int, host: str = LOOPBACK) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host, port)) == 0
+__all__ = ["LOOPBACK", "free_port", "port_open"]  # re-exported: callers start servers on them
 
 
 def wait_for_port(

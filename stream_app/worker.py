@@ -10,22 +10,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 
 from stopdrift_common.errors import UserError
+from stopdrift_common.ports import port_open
 from stopdrift_common.settings import Settings
 from stopdrift_common.topics import cluster_id, ensure_topics, require_broker, windows_table
 from stream_app.runtime import WorkerRuntime
 
 
-def _in_use(port: int, host: str) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.3)
-        return s.connect_ex((host if host != "0.0.0.0" else "127.0.0.1", port)) == 0
-
-
 def _check_port(port: int, host: str, what: str, flag: str) -> None:
-    if _in_use(port, host):
+    if port_open(port, host):
         raise UserError(
             f"{what} port {host}:{port} is already in use (another worker?): choose another with "
             f"{flag}"
