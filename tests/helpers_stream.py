@@ -102,7 +102,8 @@ class Worker:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"worker-{self.settings.worker_id}-{self.starts}.log"
+        # The web port tells apart workers of one group (they share the worker id).
+        return self.log_dir / f"worker-{self.settings.worker_id}-{self.web_port}-{self.starts}.log"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
