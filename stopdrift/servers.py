@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stopdrift_common.errors import ServerUnavailable, UserError
-from stopdrift_common.ports import LOOPBACK, free_port, port_open
 
-__all__ = ["LOOPBACK", "free_port", "port_open"]  # re-exported: callers start servers on them
+# free_port is re-exported: callers pick the ports they start servers on
+from stopdrift_common.ports import LOOPBACK, port_open
+from stopdrift_common.ports import free_port as free_port
 
 
 def wait_for_port(
