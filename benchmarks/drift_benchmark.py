@@ -686,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=Path, default=FIGURE)
     args = parser.parse_args(argv)
+    if args.held_out_only and not args.out.is_file():
+        parser.error(f"--held-out-only updates the last run's results, but {args.out} is missing")
     args.references = args.references or (5 if args.quick else 40)
     args.null_windows = args.null_windows or (4000 if args.quick else 20_000)
     args.repeats = args.repeats or (5 if args.quick else 20)
