@@ -2,7 +2,8 @@
 # runs it as the topics job, MLflow, the trainer, the workers, the producer and the drift view:
 #   docker build -t stopdrift:local .
 #   docker run --rm stopdrift:local --help
-FROM python:3.11-slim
+# The exact Python the lock was tested with, on the Debian release of the test machines.
+FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -14,11 +15,14 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
-# The project (see .dockerignore for what stays out) and the Postgres driver of MLflow's store.
-# Only the tables under data/ are kept after the install: the code lives in site-packages.
+# Exactly the distributions of requirements.lock (hashes checked; the Postgres driver of MLflow's
+# store among them), in a layer of their own that only a new lock rebuilds; then the project,
+# without resolving anything. Only the tables under data/ are kept: the code is in site-packages.
 WORKDIR /src
+COPY requirements.lock .
+RUN pip install --require-hashes --no-deps -r requirements.lock
 COPY . .
-RUN pip install . "psycopg2-binary>=2.9,<3" \
+RUN pip install --no-deps --no-build-isolation . \
     && mkdir -p /app \
     && cp -r data /app/data \
     && rm -rf /src

@@ -12,6 +12,7 @@ import fnmatch
 import importlib.util
 import json
 import os
+import platform
 import re
 import shlex
 import shutil
@@ -220,7 +221,7 @@ def test_renders_and_has_every_part(services: dict[str, dict]):
         context = build if isinstance(build, str) else build["context"]
         assert Path(context).resolve() == PROJECT_ROOT.resolve(), name
     assert services["kafka"]["image"] == "apache/kafka:3.9.0"
-    assert services["postgres"]["image"] == "postgres:16"
+    assert services["postgres"]["image"] == "postgres:16.6-bookworm"
     assert services["grafana"]["image"] == "grafana/grafana:11.3.0"
     assert services["prometheus"]["image"].startswith("prom/prometheus")
     assert services["alertmanager"]["image"].startswith("prom/alertmanager")
@@ -416,19 +417,24 @@ def test_mlflow_serves_the_others(services: dict[str, dict]):
 
 def test_mlflow_store_driver_is_in_the_image(services: dict[str, dict]):
     """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3: the URI names the driver that the
-    Dockerfile installs (psycopg2-binary), so it works whatever SQLAlchemy pip resolves."""
+    image installs from the lock (psycopg2-binary)."""
     cmd = as_list(services["mlflow"]["command"])
     scheme = urlparse(cmd[cmd.index("--backend-store-uri") + 1]).scheme
     assert scheme == "postgresql+psycopg2"
-    assert "psycopg2-binary" in " ".join(dockerfile_instruction("RUN"))
+    assert re.search(r"^psycopg2-binary==", (PROJECT_ROOT / "requirements.lock").read_text(), re.M)
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile_instruction(
+        "RUN"
+    )
 
 
 def test_dockerfile_and_dockerignore():
-    assert dockerfile_instruction("FROM") == ["python:3.11-slim"]
     assert image_entrypoint() == ["stopdrift"]
     (user,) = dockerfile_instruction("USER")
     assert user.strip() not in ("root", "0"), "the image runs as a non-root user"
-    assert any(re.match(r"pip install \.(\s|$)", r) for r in dockerfile_instruction("RUN"))
+    assert any(
+        re.match(r"pip install --no-deps --no-build-isolation \.(\s|$)", r)
+        for r in dockerfile_instruction("RUN")
+    ), "the project installs without resolving anything the lock does not pin"
     ignored = {
         line.strip()
         for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
@@ -437,6 +443,18 @@ def test_dockerfile_and_dockerignore():
     assert {".env", ".venv", "runs", ".git", ".pytest_cache", ".ruff_cache"} <= ignored
     assert "**/__pycache__" in ignored
     assert "data" not in ignored and "README.md" not in ignored  # the tables; the package readme
+
+
+def test_every_image_names_an_exact_version(services: dict[str, dict]):
+    """A tag like ``postgres:16`` or ``python:3.11-slim`` moves with every upstream release."""
+    (base,) = dockerfile_instruction("FROM")
+    assert base == f"python:{platform.python_version()}-slim-bookworm", (
+        "the image's Python is the one the tests ran on"
+    )
+    for name, service in services.items():
+        image = service.get("image", "")
+        if image != "stopdrift:local":
+            assert re.search(r":v?\d+(\.\d+){1,2}(-[\w.]+)?$", image), f"{name}: {image}"
 
 
 def test_third_party_variables_exist_in_the_installed_packages():
