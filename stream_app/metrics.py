@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stream_app.model_watch import REJECTION_REASONS
+
 # The reason codes decode_message and the worker can give (schema.py, outcomes.py).
 DLQ_REASONS = [
     "empty_message",
@@ -111,10 +113,19 @@ class WorkerMetrics:
         )
         self.champion_rejected = Gauge(
             "stopdrift_champion_rejected_version",
-            "A champion version refused (it failed on its own reference rows): the worker kept "
-            "its model; 0 when none",
+            "The last champion version refused (not as registered, or it failed on its own "
+            "reference rows): the worker kept its model; 0 when none",
             registry=r,
         )
+        self.champion_rejections = Counter(
+            "stopdrift_champion_rejections",
+            "Champion versions refused, by reason: digest_missing / digest_mismatch (its files "
+            "are not the ones registered: never unpickled, look for tampering) or smoke_test",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECTION_REASONS:
+            self.champion_rejections.labels(reason)
         self.broker_reset = Gauge(
             "stopdrift_broker_reset_detected",
             "1 once the broker lost stops.raw's log (offsets went back): the worker exits",
@@ -161,6 +172,13 @@ class WorkerMetrics:
         with contextlib.suppress(ValueError):
             self.model_version.labels(name).set(float(version))
         self.model_loaded.set(1)
+
+    def record_rejection(self, version: str, reason: str) -> None:
+        """``ModelWatch``'s ``on_reject``: count the refusal by reason, show the version."""
+        self.champion_rejections.labels(
+            reason if reason in REJECTION_REASONS else "smoke_test"
+        ).inc()
+        self.champion_rejected.set(float(version) if version.isdigit() else 0)
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -4,6 +4,10 @@ alias moves, without a restart.
 - At start: retry every ``retry_seconds`` (with one log line each time) while MLflow is down or
   there is no champion yet; the worker waits instead of crashing.
 - On a timer: ask for the champion's version; load and swap when it changed.
+- A champion is refused (``ChampionRejected``, with a reason) when its files do not hash to the
+  digest tags training registered (checked before unpickling, in ``load_champion``) or when it
+  cannot score its own reference rows. The worker keeps its model (or, at start, keeps waiting)
+  and tries that version only once: a new version must take the alias.
 - When MLflow goes away later: keep scoring with the current model and log a warning (once per
   outage, not once per poll).
 
@@ -19,6 +23,7 @@ from collections.abc import Callable
 
 from stopdrift_common.registry import (
     Champion,
+    UnverifiedArtifacts,
     champion_version,
     load_champion,
     require_mlflow,
@@ -33,16 +38,30 @@ def _why(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
+# Why a champion was refused (bounded: a metric label). digest_*: its files are not the ones
+# registered (never unpickled); smoke_test: it failed on its own reference rows.
+REJECTION_REASONS = ("digest_missing", "digest_mismatch", "smoke_test")
+
+
 class ChampionRejected(Exception):
-    """A registered champion that cannot score its own reference rows."""
+    """A registered champion the worker will not score with (``reason``: REJECTION_REASONS)."""
+
+    def __init__(self, message: str, *, version: str, reason: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.reason = reason
 
 
 def checked_load(settings: Settings, version: str | None) -> Champion:
-    """``load_champion`` after a 3 s health check (the MLflow client itself retries a refused
-    connection with backoff for about two minutes before it raises), then a smoke test: the
-    model must score rows of its own reference."""
+    """``load_champion`` (which verifies the digests before unpickling) after a 3 s health
+    check (the MLflow client itself retries a refused connection with backoff for about two
+    minutes before it raises), then a smoke test: the model must score rows of its own
+    reference."""
     require_mlflow(settings)
-    champion = load_champion(settings, version)
+    try:
+        champion = load_champion(settings, version)
+    except UnverifiedArtifacts as exc:
+        raise ChampionRejected(str(exc), version=exc.version, reason=exc.reason) from None
     smoke_test(champion)
     return champion
 
@@ -63,7 +82,9 @@ def smoke_test(champion: Champion, rows: int = 50) -> None:
     except Exception as exc:
         raise ChampionRejected(
             f"{champion.name} version {champion.version} cannot score its own reference rows "
-            f"({_why(exc)})"
+            f"({_why(exc)})",
+            version=str(champion.version),
+            reason="smoke_test",
         ) from None
 
 
@@ -79,13 +100,16 @@ class ModelWatch:
         load: Callable[[Settings, str | None], Champion] = checked_load,
         version_of: Callable[[Settings], str | None] = checked_version,
         retry_seconds: float = 3.0,
+        on_reject: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self._load = load
         self._version_of = version_of
         self.retry_seconds = retry_seconds
+        self._on_reject = on_reject  # (version, reason), once per refused version
         self.current: Champion | None = None
-        self.rejected: str | None = None  # the last champion version refused (smoke test)
+        self.rejected: str | None = None  # the last champion version refused
+        self.rejected_reason: str | None = None
         self._ready: asyncio.Event | None = None
         self._registry_down = False
 
@@ -102,6 +126,8 @@ class ModelWatch:
             try:
                 champion = await asyncio.to_thread(self._load, s, None)
             except Exception as exc:
+                if isinstance(exc, ChampionRejected) and exc.version != self.rejected:
+                    self._reject(exc, "no model to score with yet")
                 log.warning(
                     "no champion %s@%s from %s yet (%s); retrying in %.0f s",
                     s.model_name,
@@ -128,8 +154,7 @@ class ModelWatch:
                 return None
             champion = await asyncio.to_thread(self._load, self.settings, version)
         except ChampionRejected as exc:
-            self.rejected = version
-            log.error("%s: still scoring with version %s", exc, self.current.version)
+            self._reject(exc, f"still scoring with version {self.current.version}")
             return None
         except Exception as exc:
             if not self._registry_down:
@@ -146,6 +171,12 @@ class ModelWatch:
         self.current = champion
         log.warning("new champion: %s version %s -> %s", champion.name, old, champion.version)
         return champion
+
+    def _reject(self, exc: ChampionRejected, consequence: str) -> None:
+        self.rejected, self.rejected_reason = exc.version, exc.reason
+        log.error("champion refused (%s): %s: %s", exc.reason, exc, consequence)
+        if self._on_reject is not None:
+            self._on_reject(exc.version, exc.reason)
 
     def _registry_up(self) -> None:
         if self._registry_down:

@@ -131,11 +131,15 @@ def register_copy(settings: Settings, name: str) -> str:
     is not moved by other tests retraining the session's champion."""
     import mlflow
 
-    from stopdrift_common.registry import client
+    from stopdrift_common.registry import MODEL_DIGEST_TAG, REFERENCE_DIGEST_TAG, client
 
     c = client(settings)
     source = c.get_model_version_by_alias(settings.model_name, settings.model_alias)
-    mv = mlflow.register_model(source.source, name)  # waits until the version is READY
+    # The same files, so the same digest tags: without them the worker refuses the version.
+    digests = {
+        k: v for k, v in source.tags.items() if k in (MODEL_DIGEST_TAG, REFERENCE_DIGEST_TAG)
+    }
+    mv = mlflow.register_model(source.source, name, tags=digests)  # waits until it is READY
     c.set_registered_model_alias(name, settings.model_alias, mv.version)
     return str(mv.version)
 

@@ -3,6 +3,10 @@
 PyCaret 3.3.2's own MLflow logging breaks with current mlflow, and mlflow 3 saves sklearn models
 with skops by default, which fails on PyCaret pipelines: runs are logged here by hand and the
 model is saved with cloudpickle (README, "Pitfalls we hit").
+
+The version is created with the digests of its model directory and reference artifacts as tags
+(``registry.MODEL_DIGEST_TAG``, ``registry.REFERENCE_DIGEST_TAG``): the stream refuses to
+unpickle a version whose files no longer hash to them (README, "Trust model").
 """
 
 from __future__ import annotations
@@ -65,16 +69,35 @@ def log_run(
             folder = str(Path(registry.REFERENCE_STATS_ARTIFACT).parent)
             mlflow.log_artifact(str(stats), artifact_path=folder)
             mlflow.log_artifact(str(rows), artifact_path=folder)
+            reference_digest = registry.files_sha256(
+                {registry.REFERENCE_STATS_ARTIFACT: stats, registry.REFERENCE_ROWS_ARTIFACT: rows}
+            )
         info = mlflow.sklearn.log_model(
             model,
             name="model",
             serialization_format="cloudpickle",
             signature=signature,
             input_example=input_example,
-            registered_model_name=settings.model_name,
         )
-    version = str(info.registered_model_version)
+        digests = {
+            registry.MODEL_DIGEST_TAG: logged_model_digest(info.model_uri),
+            registry.REFERENCE_DIGEST_TAG: reference_digest,
+        }
+        # Registered with its digests in one call: no moment where the version exists untagged.
+        mv = mlflow.register_model(info.model_uri, settings.model_name, tags=digests)
+    version = str(mv.version)
     return Registered(run.info.run_id, version, f"models:/{settings.model_name}/{version}")
+
+
+def logged_model_digest(model_uri: str) -> str:
+    """``registry.tree_sha256`` of the model directory as stored: downloaded back, so the digest
+    covers exactly the files (``MLmodel``, ``model.pkl``, environment files, input example) the
+    stream will download and hash before unpickling."""
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        return registry.tree_sha256(Path(local))
 
 
 def record_decision(
