@@ -102,11 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "analyze",
-        "profile both tables and print the top 10 states and cities",
+        "profile both tables, print the top 10 states and cities and the disparities",
         "training.analyze:run",
     )
     p.add_argument("--full-profile", action="store_true", help="full (slower) ydata profiles")
     p.add_argument("--no-profile", action="store_true", help="skip the HTML profiles")
+    p.add_argument(
+        "--bootstrap",
+        type=positive_int,
+        default=2000,
+        help="location-bootstrap resamples of the disparity intervals (default 2000)",
+    )
 
     p = command(
         "train",

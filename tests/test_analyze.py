@@ -128,3 +128,89 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path: Path, capsys, case, comma
     assert code == 1
     assert len(err) == 1, err
     assert message in err[0] and FILES["state"] in err[0]
+
+
+# --- disparities ------------------------------------------------------------------------------
+
+
+def small_table():
+    import pandas as pd
+
+    # A: two locations, gaps 3 and 1 points; B: one location, gap 6 points; C: no white rate
+    return pd.DataFrame(
+        {
+            "state": ["A"] * 4 + ["B"] * 3 + ["C"] * 2,
+            "city": "Statewide",
+            "geography": ["A"] * 4 + ["B"] * 3 + ["C"] * 2,
+            "subgeography": ["x", "x", "y", "y", "z", "z", "z", "w", "w"],
+            "subject_race": ["black", "white"] * 2
+            + ["black", "white", "hispanic"]
+            + ["black", "white"],
+            "search_rate": [0.05, 0.02, 0.04, 0.03, 0.09, 0.03, 0.05, 0.04, None],
+            "hit_rate": None,
+            "inferred_threshold": None,
+        }
+    )
+
+
+def test_disparities_of_a_small_table_exactly() -> None:
+    from training import disparities
+
+    table = disparities.disparity_table(small_table(), "state", n_boot=1000, seed=7)
+    row = table[(table.metric == "search_rate") & (table.pair == "black-white")].iloc[0]
+    assert (row.n_locations, row.n_geographies) == (3, 2)
+    assert (row.minority_points, row.white_points, row.gap_points) == (6.0, 2.6667, 3.3333)
+    # three locations: a resample of one gap three times has probability 1/27 > 2.5%, so the
+    # 95% interval runs from the smallest gap (1) to the largest (6)
+    assert (row.ci_low_points, row.ci_high_points) == (1.0, 6.0)
+    hw = table[(table.metric == "search_rate") & (table.pair == "hispanic-white")].iloc[0]
+    assert (hw.n_locations, hw.gap_points) == (1, 2.0)
+    assert table[table.metric == "hit_rate"].n_locations.tolist() == [0, 0]
+    geos = disparities.geographies(small_table(), "state")
+    assert geos[["pair", "rank", "geography", "n_locations", "gap_points"]].values.tolist() == [
+        ["black-white", 1, "B statewide", 1, 6.0],
+        ["black-white", 2, "A statewide", 2, 2.0],
+        ["hispanic-white", 1, "B statewide", 1, 2.0],
+    ]
+
+
+def csv_mean_gap(source: str, metric: str, minority: str) -> tuple[int, float]:
+    """Locations with both rates, and their mean gap in points, with the csv module only."""
+    values: dict[tuple[str, ...], dict[str, float]] = defaultdict(dict)
+    with open(DATA_DIR / FILES[source], newline="") as f:
+        for row in csv.DictReader(f):
+            if row[metric] not in ("", "NA"):
+                key = tuple(row[k] for k in ("state", "city", "geography", "subgeography"))
+                values[key][row["subject_race"]] = float(row[metric])
+    gaps = [v[minority] - v["white"] for v in values.values() if minority in v and "white" in v]
+    return len(gaps), 100 * sum(gaps) / len(gaps)
+
+
+def test_analyze_reports_disparities_of_both_tables(tmp_path: Path, capsys) -> None:
+    args = ["analyze", "--no-profile", "--bootstrap", "300", "--runs-dir", str(tmp_path)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Within-location gaps" in printed
+    out = tmp_path / "analyze"
+    with open(out / "disparities.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["source"], r["metric"], r["pair"]) for r in rows][:2] == [
+        ("state", "search_rate", "black-white"),
+        ("state", "search_rate", "hispanic-white"),
+    ]
+    assert len(rows) == 12 and {r["seed"] for r in rows} == {"42"}
+    for r in rows:
+        n, gap = csv_mean_gap(r["source"], r["metric"], r["pair"].split("-")[0])
+        assert int(r["n_locations"]) == n
+        assert float(r["gap_points"]) == pytest.approx(gap, abs=1e-4)
+        assert float(r["ci_low_points"]) < float(r["gap_points"]) < float(r["ci_high_points"])
+    assert [int(r["n_locations"]) for r in rows] == [225] * 6 + [58] * 6
+    # the sign OPP reports for the state black-white hit rate, unweighted over locations
+    assert float(rows[2]["gap_points"]) == -0.4556
+    with open(out / "disparities_geographies.csv", newline="") as f:
+        geos = list(csv.DictReader(f))
+    assert geos[0]["geography"] == "WI statewide" and geos[0]["gap_points"] == "5.1468"
+    md = (out / "disparities.md").read_text()
+    assert "not evidence of discrimination, nor of its absence" in md
+    assert "infra-marginality" in md and "300 location-bootstrap resamples (seed 42)" in md
+    assert (out / "disparities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

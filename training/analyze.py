@@ -1,5 +1,6 @@
-"""``stopdrift analyze``: ydata profiles of the state and city tables and the top 10 locations by
-number of stops. One code path serves both tables, parametrised by source.
+"""``stopdrift analyze``: ydata profiles of the state and city tables, the top 10 locations by
+number of stops, and the disparities within locations (``training/disparities.py``). One code
+path serves both tables, parametrised by source.
 
 >>> import pandas as pd
 >>> df = pd.DataFrame({"city": ["A", "A", "B", "A"], "state": ["X", "X", "Y", "Z"],
@@ -20,6 +21,7 @@ import pandas as pd
 from stopdrift_common.data import load_source
 from stopdrift_common.schema import SOURCES
 from stopdrift_common.settings import Settings
+from training import disparities
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,19 @@ def analyze_source(
     return top, files
 
 
+def analyze_disparities(settings: Settings, out_dir: Path, n_boot: int) -> list[Path]:
+    """Within-location gaps of both tables: printed, and written as CSV, markdown and PNG."""
+    tables, geos = [], []
+    for source in SOURCES:
+        df = load_source(settings.data_dir, source)
+        tables.append(disparities.disparity_table(df, source, n_boot=n_boot, seed=settings.seed))
+        geos.append(disparities.geographies(df, source))
+    table = pd.concat(tables, ignore_index=True)
+    print(disparities.format_table(table))
+    print()
+    return disparities.write(table, pd.concat(geos, ignore_index=True), out_dir)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = settings.runs_dir / "analyze"
     make_profile = not getattr(args, "no_profile", False)
@@ -119,6 +134,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         written += files
     print(STOPS_MEANING)
     print()
+    written += analyze_disparities(settings, out_dir, getattr(args, "bootstrap", None) or 2000)
     print("written:")
     for path in written:
         print(f"  {path}")
