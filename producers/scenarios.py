@@ -18,6 +18,15 @@ Add one by writing a small class with these two methods and listing it in ``SCEN
 >>> Gradual(feature="stops_per_year", at=0, factor=3.0, span=4).apply(chunk, 0)[
 ...     "stops_per_year"].tolist()
 [10.0, 15.0, 20.0, 25.0]
+
+Disparity scenarios change the gap between groups, for rehearsing the disparity monitor:
+``gap-<group>`` scales one group's search rate; ``gap-flat-<group>`` scales a minority group's
+and moves white drivers' the other way, so the overall search rate stays flat.
+
+>>> rates = pd.DataFrame({"subject_race": ["black", "white", "hispanic", "black"],
+...                       "search_rate": [0.04, 0.02, 0.03, None]})
+>>> GapShift(group="black", at=0, factor=1.5).apply(rates, 0)["search_rate"].tolist()
+[0.06, 0.02, 0.03, nan]
 """
 
 from __future__ import annotations
@@ -140,12 +149,105 @@ class Missing(Scenario):
         return out
 
 
+GROUPS = ("black", "hispanic", "white")
+GAP_FEATURE = "search_rate"
+
+
+def _group(group: str) -> str:
+    if group not in GROUPS:
+        raise UserError(f"unknown group {group!r}: choose one of {', '.join(GROUPS)}")
+    return group
+
+
+@dataclass
+class GapShift(Scenario):
+    """A disparity change: from event ``at`` on, the search rate of rows whose RECORDED race
+    (``subject_race``) is ``group`` is multiplied by ``factor`` (clipped to [0, 1]); every
+    other row and column is unchanged. With a factor of 1.5 on black drivers, whose search
+    rate is about twice white drivers' in these tables, each location's black-white gap about
+    doubles."""
+
+    group: str = "black"
+    at: int = 0
+    factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        _group(self.group)
+
+    def _factors(self) -> dict[str, float]:
+        return {self.group: self.factor}
+
+    def apply(self, chunk: pd.DataFrame, start: int) -> pd.DataFrame:
+        after = (start + np.arange(len(chunk))) >= self.at
+        race = chunk["subject_race"].to_numpy()
+        factor = np.ones(len(chunk))
+        for group, f in self._factors().items():
+            factor[after & (race == group)] = f
+        out = chunk.copy()
+        out[GAP_FEATURE] = _scaled(out[GAP_FEATURE], factor, GAP_FEATURE)
+        return out
+
+
+def flat_white_factor(rows: pd.DataFrame, group: str, factor: float) -> float:
+    """The factor for white drivers' search rate that keeps the overall search rate of ``rows``
+    (searches / stops: each row's rate weighted by its ``stops_per_year``) unchanged when
+    ``group``'s is multiplied by ``factor``.
+
+    >>> rows = pd.DataFrame({"subject_race": ["black", "white"], "search_rate": [0.04, 0.02],
+    ...                      "stops_per_year": [100.0, 400.0]})
+    >>> flat_white_factor(rows, "black", 1.25)  # 4 searches more, 8 * (1 - f) fewer
+    0.875
+    """
+    searches = (rows[GAP_FEATURE] * rows["stops_per_year"]).groupby(rows["subject_race"]).sum()
+    white = float(searches.get("white", 0.0))
+    if white <= 0:
+        raise UserError("no white rows with a search rate: gap-flat cannot keep the rate flat")
+    f = 1.0 - (factor - 1.0) * float(searches.get(group, 0.0)) / white
+    if f < 0:
+        raise UserError(
+            f"--factor {factor:g} is too large for gap-flat-{group}: white drivers' search rate "
+            f"would have to fall below 0 to keep the overall rate flat (try --factor 1.25)"
+        )
+    return f
+
+
+@dataclass
+class FlatGapShift(GapShift):
+    """Two groups in opposite directions: from event ``at`` on, ``group``'s search rate times
+    ``factor`` and white drivers' times ``white_factor``; by default the factor that keeps the
+    overall (stop-weighted) search rate of one pass of the replayed table(s) unchanged
+    (``flat_white_factor``: on the state table black x1.25 gives white x0.870). The overall
+    rate stays flat while the gap between the groups moves."""
+
+    white_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if _group(self.group) == "white":
+            raise UserError(
+                "gap-flat moves a minority group against white: choose black or hispanic"
+            )
+
+    def rows(self, tables: dict[str, pd.DataFrame], source: str, loop: int) -> pd.DataFrame:
+        rows = super().rows(tables, source, loop)
+        if self.white_factor is None:  # the same tables every loop: the same factor
+            self.white_factor = flat_white_factor(rows, self.group, self.factor)
+        return rows
+
+    def _factors(self) -> dict[str, float]:
+        if self.white_factor is None:
+            raise ValueError("FlatGapShift.rows() sets white_factor before apply(), or pass one")
+        return {self.group: self.factor, "white": self.white_factor}
+
+
+GAP_SCENARIOS = [f"gap-{g}" for g in GROUPS] + [f"gap-flat-{g}" for g in GROUPS[:2]]
+
 SCENARIOS: dict[str, type[Scenario]] = {
     "none": Scenario,
     "natural": Natural,
     "shift": Shift,
     "gradual": Gradual,
     "missing": Missing,
+    **{name: FlatGapShift if "flat" in name else GapShift for name in GAP_SCENARIOS},
 }
 
 
@@ -168,4 +270,7 @@ def build(
         return Gradual(seed=seed, feature=feature, at=at, factor=factor, span=span)
     if name == "missing":
         return Missing(seed=seed, at=at, share=share, span=span)
+    if name in GAP_SCENARIOS:
+        group = name.rsplit("-", 1)[1]
+        return SCENARIOS[name](seed=seed, group=group, at=at, factor=factor)
     return SCENARIOS[name](seed=seed)

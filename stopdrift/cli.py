@@ -19,6 +19,8 @@ from stopdrift_common.errors import UserError
 from stopdrift_common.settings import PROJECT_ROOT, Settings, env_name
 
 SCENARIOS = ["none", "natural", "shift", "gradual", "missing"]
+# disparity scenarios (producers/scenarios.py): one group's search rate, or two groups opposite
+GAP_SCENARIOS = ["gap-black", "gap-hispanic", "gap-white", "gap-flat-black", "gap-flat-hispanic"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -194,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=positive_int, help="stop after N events (default: no limit)")
     p.add_argument(
-        "--scenario", choices=SCENARIOS, default="none", help="drift scenario (default none)"
+        "--scenario",
+        choices=SCENARIOS + GAP_SCENARIOS,
+        default="none",
+        help="drift scenario (default none); gap-<group>: that group's search rate x --factor; "
+        "gap-flat-<group>: that group's x --factor and white drivers' the other way, the "
+        "overall search rate flat",
     )
     p.add_argument(
         "--feature",
@@ -208,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--factor",
         type=non_negative_float,
         default=3.0,
-        help="shift/gradual: multiplier (default 3)",
+        help="shift/gradual/gap-*: multiplier (default 3; for gap-* try 1.25 to 1.5)",
     )
     p.add_argument(
         "--span",

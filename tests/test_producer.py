@@ -165,3 +165,91 @@ def test_a_scenario_start_beyond_the_run_is_a_user_error(capsys):
     code = main([*args, "--bootstrap-servers", f"127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "--at 5000 is never reached" in err
+
+
+# --- disparity scenarios ----------------------------------------------------------------------
+
+
+def overall_search_rate(rows: pd.DataFrame) -> float:
+    """Searches / stops: each row's search rate weighted by its stops."""
+    rated = rows.dropna(subset=["search_rate"])
+    return float(
+        (rated["search_rate"] * rated["stops_per_year"]).sum() / rated["stops_per_year"].sum()
+    )
+
+
+def black_white_gap_points(rows: pd.DataFrame) -> float:
+    from drift.disparity import within_location_gaps
+
+    return round(100 * float(within_location_gaps(rows, "search_rate", "black")["gap"].mean()), 4)
+
+
+def test_gap_scales_one_groups_search_rate_from_the_given_event_on(tables):
+    base = replay(tables, scenarios.build("none"), limit=2000)
+    gap = replay(tables, scenarios.build("gap-black", at=700, factor=1.5), limit=2000)
+    pd.testing.assert_frame_equal(base.iloc[:700], gap.iloc[:700])
+    after_b, after_g = base.iloc[700:], gap.iloc[700:]
+    black = (after_b["subject_race"] == "black").to_numpy()
+    np.testing.assert_allclose(
+        after_g["search_rate"].to_numpy()[black], 1.5 * after_b["search_rate"].to_numpy()[black]
+    )
+    # every other row, and every other column of every row, is untouched
+    pd.testing.assert_frame_equal(after_b[~black], after_g[~black])
+    others = [c for c in base.columns if c != "search_rate"]
+    pd.testing.assert_frame_equal(after_b[others], after_g[others])
+
+
+def test_gap_flat_moves_two_groups_apart_and_keeps_the_overall_rate(tables):
+    base = replay(tables, scenarios.build("none"))
+    scenario = scenarios.build("gap-flat-black", at=0, factor=1.25)
+    moved = replay(tables, scenario)
+    assert round(scenario.white_factor, 4) == 0.8704  # black +25%, white -13%
+    race = base["subject_race"].to_numpy()
+    for group, factor in (("black", 1.25), ("white", scenario.white_factor), ("hispanic", 1.0)):
+        at = race == group
+        np.testing.assert_allclose(
+            moved["search_rate"].to_numpy()[at], factor * base["search_rate"].to_numpy()[at]
+        )
+    # the overall search rate (searches / stops) is unchanged; the gap is not
+    assert overall_search_rate(moved) == pytest.approx(overall_search_rate(base), rel=1e-12)
+    assert round(overall_search_rate(base), 4) == 0.0232
+    assert (black_white_gap_points(base), black_white_gap_points(moved)) == (1.9149, 3.0711)
+    assert moved["search_rate"].mean() < 1.08 * base["search_rate"].mean()  # row mean: +7%
+    events = to_events(moved, 0, 1.0)
+    assert all(not decode_message(orjson.dumps(e)).rejects for e in events)
+
+
+def test_gap_flat_on_both_tables_keeps_their_joint_overall_rate(tables):
+    scenario = scenarios.build("gap-flat-hispanic", at=0, factor=1.2)
+    base = replay(tables, scenarios.build("none"), source="both")
+    moved = replay(tables, scenario, source="both")
+    assert overall_search_rate(moved) == pytest.approx(overall_search_rate(base), rel=1e-12)
+    assert 0 < scenario.white_factor < 1
+
+
+def test_gap_scenarios_do_not_depend_on_the_chunk_size(tables):
+    a = replay(tables, scenarios.build("gap-flat-black", at=1234, factor=1.3), chunk_events=97)
+    b = replay(tables, scenarios.build("gap-flat-black", at=1234, factor=1.3), chunk_events=2000)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "name,factor,message",
+    [
+        ("gap-flat-black", 3.0, "--factor 3 is too large for gap-flat-black"),
+        ("gap-flat-white", 1.2, "unknown scenario"),
+    ],
+)
+def test_impossible_gap_scenarios_are_user_errors(tables, name, factor, message):
+    with pytest.raises(UserError, match=message):
+        scenario = scenarios.build(name, factor=factor)
+        scenario.rows(tables, "state", 0)
+
+
+def test_an_impossible_gap_scenario_is_one_line_before_any_broker(capsys):
+    from stopdrift.servers import free_port
+
+    args = ["produce", "--scenario", "gap-flat-black", "--factor", "3", "--limit", "10"]
+    code = main([*args, "--bootstrap-servers", f"127.0.0.1:{free_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "try --factor 1.25" in err
