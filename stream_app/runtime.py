@@ -29,7 +29,14 @@ from stopdrift_common.schema import Reject
 from stopdrift_common.settings import Settings
 from stream_app.metrics import WorkerMetrics
 from stream_app.model_watch import ModelWatch
-from stream_app.outcomes import BatchOutcome, InMessage, dead_letter, process_batch, reason_code
+from stream_app.outcomes import (
+    BatchOutcome,
+    InMessage,
+    cut_key,
+    dead_letter,
+    process_batch,
+    reason_code,
+)
 
 log = logging.getLogger("stopdrift.worker")
 
@@ -210,7 +217,7 @@ def _concat(a: BatchOutcome, b: BatchOutcome) -> BatchOutcome:
 
 def _failed(message: InMessage, reason: str, worker_id: str, now: float) -> BatchOutcome:
     out = BatchOutcome()
-    out.dlq.append((message.key, dead_letter(Reject(reason), message, worker_id, now)))
+    out.dlq.append((cut_key(message.key), dead_letter(Reject(reason), message, worker_id, now)))
     out.dlq_reasons[reason_code(reason)] += 1
     out.per_message.append((0, 1))
     return out

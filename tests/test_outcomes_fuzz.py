@@ -1,6 +1,8 @@
 """Hostile input is any byte string: N messages in, exactly N messages' outcomes out, nothing
 raises, every output is valid JSON. Property-based (Hypothesis), through the code the worker
 runs for a batch (``WorkerRuntime._outputs``: decode, validate, score, encode, drift partials).
+Outputs are bounded whatever a message and its key hold: every output under the broker's limit,
+each dead letter under a fixed size, and a message's dead letters within a small multiple of it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from stopdrift_common.schema import (
 )
 from stopdrift_common.settings import Settings
 from stream_app.metrics import WorkerMetrics
-from stream_app.outcomes import InMessage
+from stream_app.outcomes import (
+    DLQ_ELEMENT_LIMIT,
+    DLQ_RAW_LIMIT,
+    MAX_KEY_BYTES,
+    MAX_OUTPUT_BYTES,
+    InMessage,
+    cut_key,
+)
 from stream_app.runtime import WorkerRuntime
 
 
@@ -83,10 +92,10 @@ messages = st.one_of(
 )
 
 
-def expected_outcomes(raw: bytes) -> int:
+def expected_outcomes(raw: bytes, key: bytes | None = b"k") -> int:
     """Events a message holds, by an independent reading: an array of 1..1000 is that many,
-    anything else is one event (or one dead letter)."""
-    if not raw or len(raw) > MAX_MESSAGE_BYTES:
+    anything else is one event (or one dead letter); a key too long rejects the message whole."""
+    if not raw or len(raw) > MAX_MESSAGE_BYTES or len(key or b"") > MAX_KEY_BYTES:
         return 1
     try:
         obj = json.loads(raw.decode("utf-8"))
@@ -120,6 +129,83 @@ def test_any_bytes_give_one_outcome_per_event_and_valid_json(raws):
         if t == rt.settings.partials_topic
     )
     assert partial_events == outcome.n_scored
+
+
+def array_of(piece: bytes, n: int) -> bytes:
+    return b"[" + b",".join([piece] * n) + b"]"
+
+
+# Elements that grow when re-encoded (9e15 is written 9000000000000000.0), escape-heavy strings,
+# nesting deeper than orjson writes (kept as repr), integers beyond 64 bits (the lenient
+# decoder), a lone surrogate, bad and valid events, one that fails scoring.
+PIECES = [
+    b"9e15",
+    b"-9E15",
+    array_of(b"9e15", 4),
+    b'"' + b'\\"' * 40 + b'"',
+    b'"' + b"\\u0000" * 20 + b'"',
+    b"[" * 300 + b"]" * 300,
+    b'{"a":' * 40 + b"1" + b"}" * 40,
+    b"1" + b"0" * 400,
+    b'"\\ud800"',
+    orjson.dumps({**VALID, "state": "ZZ"}),
+    orjson.dumps({**VALID, "stops_per_year": [9e15] * 20}).replace(b"9000000000000000.0", b"9e15"),
+    orjson.dumps(VALID),
+    orjson.dumps({**VALID, "stops_per_year": 1e308}),
+]
+pieces = st.sampled_from(PIECES)
+big_messages = st.one_of(
+    st.lists(pieces, min_size=1, max_size=1100).map(lambda ps: b"[" + b",".join(ps) + b"]"),
+    st.builds(array_of, pieces, st.integers(1, 1100)),
+    st.builds(lambda p, n: array_of(array_of(p, n), 1), pieces, st.integers(1, 250_000)),
+    st.builds(lambda n: orjson.dumps({**VALID, "event_id": "x" * n}), st.integers(0, 1_000_000)),
+    st.builds(
+        lambda n, m: orjson.dumps([VALID] * m + [{**VALID, "event_id": "x" * n}]),
+        st.integers(0, 1_000_000),
+        st.integers(0, 30),
+    ),
+    st.binary(max_size=200),
+    st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4), st.integers(1, 1_100_000)),
+)
+keys = st.one_of(
+    st.none(),
+    st.binary(max_size=8),
+    st.integers(0, 1_100_000).map(lambda n: b"k" * n),
+    st.integers(MAX_KEY_BYTES - 2, MAX_KEY_BYTES + 2).map(lambda n: b"\xff" * n),
+)
+# A dead letter beyond its event's share of the message (4 bytes per byte of it): its key, cut,
+# and its record (reason, where from, sizes, sha256s: about 400 bytes, plus the worker's id).
+RECORD_BYTES = 450
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.lists(st.tuples(keys, big_messages), min_size=1, max_size=3))
+def test_dead_letters_are_bounded_whatever_the_message_and_its_key_hold(batch_of):
+    rt = runtime()
+    batch = [InMessage(v, k, "stops.raw", 0, 100 + i) for i, (k, v) in enumerate(batch_of)]
+    outcome, outputs, _ = rt._outputs(batch, CHAMPION, 1.0)
+    record = RECORD_BYTES + len(rt.instance)
+
+    letters = iter(outcome.dlq)
+    for (key, raw), (scored, dead) in zip(batch_of, outcome.per_message, strict=True):
+        assert scored + dead == expected_outcomes(raw, key)
+        mine = [next(letters) for _ in range(dead)]
+        kept_key = cut_key(key)
+        assert all(k == kept_key for k, _ in mine)
+        total = sum(len(k or b"") + len(v) for k, v in mine)
+        assert total <= 4 * len(raw) + dead * (len(kept_key or b"") + record)
+        for _, value in mine:
+            letter = orjson.loads(value)
+            limit = DLQ_ELEMENT_LIMIT if "index" in letter else 2 * DLQ_RAW_LIMIT
+            assert len(value) <= limit + record
+    for _, key, value in outputs:  # nothing the broker would refuse
+        assert len(key or b"") <= MAX_KEY_BYTES
+        assert len(key or b"") + len(value) <= MAX_OUTPUT_BYTES
+        assert orjson.loads(value) is not None
 
 
 def test_a_poisonous_value_costs_one_event_and_the_rest_is_scored():
