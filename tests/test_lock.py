@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -41,8 +42,11 @@ def lock_entries() -> dict[str, dict]:
 
 
 def direct_requirements() -> list[Requirement]:
+    """The dependencies and every extra (make lock locks them all)."""
     project = PYPROJECT["project"]
-    names = project["dependencies"] + project["optional-dependencies"]["dev"]
+    names = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        names += extra
     return [Requirement(r) for r in names]
 
 
@@ -80,7 +84,13 @@ def test_pyarrow_stays_below_the_release_that_needs_numpy_2():
     reason="checks the venv that make install built",
 )
 def test_the_venv_holds_exactly_the_lock():
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # Only site-packages: setuptools puts the packages it vendors (their own dist-info) on
+    # sys.path once something imports pkg_resources.
+    site = sysconfig.get_paths()["purelib"]
+    installed = {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions(path=[site])
+    }
     differ = {
         name: (entry["version"], installed.get(name))
         for name, entry in ENTRIES.items()
