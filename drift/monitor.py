@@ -6,10 +6,16 @@ messages all workers send; ``partial`` below). For each model version it keeps a
 scored by version v is counted in v's windows only, so a champion swap never mixes two models'
 predictions in one window, and v's windows are tested against v's reference.
 
-It also keeps, per input partition, the seq of its latest event and when it arrived: the
-WATERMARK (the lowest latest seq over the partitions that delivered within ``idle_seconds``)
-closes every window the feed has moved past, and a partition that went quiet stops holding it
-back. ``tick`` closes idle windows; call it every second or so.
+It also keeps, per input partition, the seq of its latest event and the workers' PROGRESS
+reports (the next offset whose outcome is written, and the partition's log end then). The
+WATERMARK, the lowest latest seq over the partitions that hold it, closes every window the feed
+has moved past. Progress decides, never the wall clock while data waits: a partition with data
+still on the broker (read < end) always holds the watermark, however long it has been quiet (a
+worker catching up on a backlog reads partitions unevenly); only a partition that is caught up
+and quiet for ``idle_seconds`` stops holding it, and a window closes ``idle`` only while every
+partition is caught up (the feed really went quiet). ``tick`` does the idle part; call it every
+second or so. ``horizon`` tells the workers how far ahead of the watermark they may read: they
+pause partitions that run further ahead (watermark alignment) so the open windows stay few.
 
 Its state is a set of records (``changes``) a caller saves in a table and hands back to
 ``restore`` after a restart: open windows' counts, tested windows' markers (so events read
@@ -21,7 +27,11 @@ A partial is a dict (JSON-able)::
      "events": {"partition": [...], "position": [...], "seq": [...],
                 <feature>: [...], "predicted": [...], "confidence": [...], "label": [...]},
      "rejects": {"partition": [...], "position": [...], "seq": [...], "field": [...],
-                 "reason": [...]}}
+                 "reason": [...]},
+     "progress": {"<partition>": [read, end], ...}}
+
+``progress`` (optional; a message may hold only it, without a model version) says, per input
+partition, the next offset whose outcome (and partial) is written and the log end seen then.
 
 ``position`` is ``windows.position(offset, index in the message)``; a reject's ``seq`` is -1
 when unknown (it is then not windowed).
@@ -184,6 +194,13 @@ class _Partition:
     position: int = -1
     seq: int = -1
     last_event_at: float = 0.0
+    read: int = -1  # next offset whose outcome is written (-1: no progress report yet)
+    end: int = -1  # the partition's log end at that report (-1: unknown)
+
+    @property
+    def pending(self) -> bool:
+        """Events of this partition still wait on the broker."""
+        return self.end >= 0 and self.read < self.end
 
 
 class DriftMonitor:
@@ -226,20 +243,43 @@ class DriftMonitor:
     def ingest(self, partial: Mapping[str, Any], now: float) -> Effects:
         """Count one partial; return the effects of the windows it (or the watermark) closed.
         Raises ``UnknownVersion`` (changing nothing) when its version is not prepared."""
-        version = str(partial["model_version"])
-        model = self.versions.get(version)
-        if model is None:
-            raise UnknownVersion(version)
-        events = self._events(partial, model)
-        self._track(events, now)
-        self.unwindowed_rejects += int((events.reject_seq < 0).sum())
-        self.books[version].add(events, self.floors, now)
+        if partial.get("model_version") is not None:
+            version = str(partial["model_version"])
+            model = self.versions.get(version)
+            if model is None:
+                raise UnknownVersion(version)
+            events = self._events(partial, model)
+            self._track(events, now)
+            self.unwindowed_rejects += int((events.reject_seq < 0).sum())
+            self.books[version].add(events, self.floors, now)
+        self.progress(partial.get("progress") or {})
         return self._advance(now)
 
+    def progress(self, report: Mapping[Any, Sequence[int]]) -> None:
+        """Record the workers' progress: partition -> (next offset written, log end)."""
+        for p, (read, end) in report.items():
+            state = self.partitions.setdefault(int(p), _Partition())
+            state.read, state.end = int(read), int(end)
+
+    def data_pending(self) -> bool:
+        """True while some partition has events on the broker that no partial counted yet."""
+        return any(s.pending for s in self.partitions.values())
+
+    def horizon(self, now: float) -> int | None:
+        """The first seq of the lowest window still open (or None: none is): workers may read
+        up to ``horizon + max_open * window_events / 2`` before they pause a partition."""
+        keys = [min(b.open) for b in self.books.values() if b.open]
+        if keys:
+            return min(keys) * self.config.window_events
+        watermark = self.watermark(now)
+        return None if watermark is None else max(watermark, 0)
+
     def tick(self, now: float) -> Effects:
-        """Close idle windows (and whatever the watermark passed); retire old versions."""
-        for book in self.books.values():
-            book.close_idle(now, self.config.idle_seconds)
+        """Close idle windows once no data waits anywhere (and whatever the watermark passed);
+        retire old versions."""
+        if not self.data_pending():
+            for book in self.books.values():
+                book.close_idle(now, self.config.idle_seconds)
         effects = self._advance(now)
         effects.state.update(self._retire())
         return effects
@@ -284,13 +324,14 @@ class DriftMonitor:
                 state.position, state.seq = latest[p]
 
     def watermark(self, now: float) -> int | None:
-        """The lowest latest seq of the partitions active in the last ``idle_seconds``."""
-        active = [
+        """The lowest latest seq of the partitions that hold it: those with data still on the
+        broker, and those active in the last ``idle_seconds``."""
+        holding = [
             s.seq
             for s in self.partitions.values()
-            if now - s.last_event_at < self.config.idle_seconds
+            if s.pending or now - s.last_event_at < self.config.idle_seconds
         ]
-        return min(active) if active else None
+        return min(holding) if holding else None
 
     # --- closing and testing -----------------------------------------------------------------
     def _advance(self, now: float) -> Effects:
@@ -309,7 +350,8 @@ class DriftMonitor:
             for key, record in book.changes().items():
                 effects.state[f"{STATE_PREFIX}{version}/{key}"] = record
         effects.state["partitions"] = {
-            str(p): [s.position, s.seq, s.last_event_at] for p, s in self.partitions.items()
+            str(p): [s.position, s.seq, s.last_event_at, s.read, s.end]
+            for p, s in self.partitions.items()
         }
         return effects
 
@@ -349,6 +391,9 @@ class DriftMonitor:
             "seq_end": end,
             "n": window.counts.n,
             "rejected": window.counts.n_rejected,
+            # Seqs of the window never counted: lost before they could be windowed (dead-lettered
+            # without a readable seq), or never sent (the feed stopped inside the window).
+            "missing": max(end - start - window.size, 0),
             "closed_by": window.closed_by,
             "opened_at": window.opened_at,
             "last_event_at": window.last_event_at,
@@ -395,8 +440,9 @@ class DriftMonitor:
             if key == "floors":
                 self.floors = {int(p): int(v) for p, v in record.items()}
             elif key == "partitions":
-                for p, (pos, seq, _) in record.items():
-                    self.partitions[int(p)] = _Partition(int(pos), int(seq), now)
+                for p, (pos, seq, _, *progress) in record.items():
+                    read, end = progress or (-1, -1)  # saved before progress reports
+                    self.partitions[int(p)] = _Partition(int(pos), int(seq), now, read, end)
             elif key.startswith(STATE_PREFIX):
                 version, _, k = key[len(STATE_PREFIX) :].rpartition("/")
                 self._saved.setdefault(version, {})[int(k)] = record

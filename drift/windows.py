@@ -5,11 +5,13 @@ Window ``k`` holds the events whose producer sequence number ``seq`` is in
 through. A window closes when the first of these happens:
 
 - ``full``: it holds W events (valid ones and rejected ones that carry a seq);
-- ``watermark``: every active partition has delivered an event at or past its last seq (the
-  events it still lacks were lost, e.g. dead-lettered without a readable seq);
-- ``idle``: no event for it for ``idle_seconds`` (the feed went quiet);
-- ``capacity``: more than ``max_open`` windows are open (the oldest closes: memory stays
-  bounded, and the window is still tested).
+- ``watermark``: every partition that holds the watermark has delivered an event at or past its
+  last seq (the events it still lacks were lost, e.g. dead-lettered without a readable seq);
+  which partitions hold it is the monitor's call (``drift.monitor``: by progress, not time);
+- ``idle``: no event for it for ``idle_seconds``, asked for by the monitor only once no data
+  waits on the broker (the feed went quiet);
+- ``capacity``: more than ``max_open`` windows are open, a safety valve only (the oldest closes
+  and is still tested): the workers pause partitions that run ahead long before that.
 
 Closed windows are handed out in index order (``ready``): a window waits until the windows
 before it have closed too, so the merged tests of consecutive windows (``detector.py``) see the

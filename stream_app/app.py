@@ -16,14 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import faust
+import orjson
 
 from stopdrift_common.errors import EXIT_BROKER_LOST, EXIT_WRITE_FAILED
 from stopdrift_common.settings import Settings
 from stream_app.coordinator import Coordinator
-from stream_app.outcomes import InMessage, split_by_size
+from stream_app.outcomes import BatchOutcome, InMessage, split_by_size
+from stream_app.progress import PartitionProgress, latest_seqs
 from stream_app.runtime import WorkerRuntime
 
 log = logging.getLogger("stopdrift.worker")
@@ -151,6 +154,9 @@ def create_app(
     )
     writer = BatchWriter(app)
     coordinator.flush = app.producer.flush
+    # Partitions may run this many seqs ahead of the slowest one before they pause: half the
+    # coordinator's open windows (the other half absorbs partials in flight and other workers).
+    progress = PartitionProgress(settings.max_open_windows * settings.window_events // 2)
 
     # Window states of the drift coordinator, backed by a changelog topic: the worker that
     # owns the partials partition (after a restart or a rebalance) rebuilds them from Kafka.
@@ -178,19 +184,35 @@ def create_app(
                 await check_log(partition)  # before any output: a lost log is not scored
                 read_up_to[partition] = max(read_up_to.get(partition, -1), offset)
             for group in split_by_size(messages, MAX_HANDLE_BYTES):
-                await handle_or_exit(group)
+                outcome = await handle_or_exit(group)
+                read = {m.partition: m.offset + 1 for m in group}  # offsets rise in a partition
+                ends = {p: hw for p in read if (hw := highwater(p)) is not None}
+                progress.written(read, ends, latest_seqs(outcome.drift))
             runtime.record_lag(last_offsets, highwater)
+            align()
             # take_events acks the whole batch when this iteration ends: after the outputs.
 
-    async def handle_or_exit(messages: list[InMessage]) -> None:
+    def progress_message(report: dict[str, list[int]]) -> tuple[str, None, bytes]:
+        value = orjson.dumps({"worker": runtime.instance, "progress": report})
+        return (settings.partials_topic, None, value)
+
+    async def handle_or_exit(messages: list[InMessage]) -> BatchOutcome:
         """Retry a batch whose outputs could not be written while the broker is away; exit
         (without committing) if it stays away or the failure is not a transport one. An
         exception must not leave the loop: ``take_events`` would ack the batch in its
-        ``finally`` and commit offsets without outcomes."""
+        ``finally`` and commit offsets without outcomes.
+
+        The batch's progress (next offset, log end) goes after its partials, in the same write:
+        the coordinator learns that these offsets are counted only once they are."""
+        read = {m.partition: m.offset + 1 for m in messages}
+        report = {str(p): [r, hw] for p, r in read.items() if (hw := highwater(p)) is not None}
+
+        async def write(outputs: list[tuple[str, bytes | None, bytes]]) -> None:
+            await writer.write([*outputs, progress_message(report)] if report else outputs)
+
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
-                await runtime.handle(messages, writer.write)
-                return
+                return await runtime.handle(messages, write)
             except Exception as exc:
                 runtime.metrics.write_retries.inc()
                 for partition in {m.partition for m in messages}:
@@ -210,6 +232,40 @@ def create_app(
                 await asyncio.sleep(wait)
         log.critical("the broker stayed away: exiting without committing the batch")
         os._exit(EXIT_WRITE_FAILED)  # a supervisor restarts the worker; the batch is read again
+
+    def own_raw_partitions() -> list[faust.types.TP]:
+        return [tp for tp in app.assignor.assigned_actives() if tp.topic == settings.topics.raw]
+
+    def align() -> None:
+        """Pause the partitions that ran too far ahead; resume the others (see progress.py).
+        The coordinator's horizon counts too when this worker coordinates."""
+        horizon = coordinator.monitor.horizon(time.time()) if coordinator.active else None
+        pause = progress.to_pause(horizon)
+        own = own_raw_partitions()
+        stop = [tp for tp in own if tp.partition in pause]
+        go = [tp for tp in own if tp.partition not in pause]
+        if stop:
+            app.consumer.pause_partitions(stop)
+        if go:
+            app.consumer.resume_partitions(go)
+        runtime.metrics.paused_partitions.set(len(stop))
+
+    @app.timer(interval=TICK_SECONDS, name="report_progress")
+    async def report_progress() -> None:
+        """Log ends move while a partition is idle or paused: report them, so the coordinator
+        knows which partitions still have data waiting (and a partition nobody reads yet)."""
+        if lost.is_set():
+            return
+        ends = {tp.partition: highwater(tp.partition) for tp in own_raw_partitions()}
+        progress.seen({p: e for p, e in ends.items() if e is not None})
+        report = progress.changed_report()
+        if report:
+            try:
+                await writer.write([progress_message(report)])
+            except Exception as exc:  # the next tick tries again
+                log.warning("writing a progress report failed: %r", exc)
+                progress.resend()
+        align()
 
     read_up_to: dict[int, int] = {}  # per partition of stops.raw: the highest offset read
     lost = asyncio.Event()  # the broker lost its log: this worker only waits to exit
@@ -278,14 +334,21 @@ def create_app(
         if not inputs:
             return
         committed = await app.consumer.seek_to_committed()
+        start = {tp: committed[tp] for tp in inputs if committed.get(tp) is not None}
         uncommitted = [tp for tp in inputs if committed.get(tp) is None]
         if uncommitted:
             for tp, offset in (await app.consumer.earliest_offsets(*uncommitted)).items():
                 await app.consumer.seek(tp, offset)
+                start[tp] = offset
+        # Where reading starts: with the log ends, the progress reports say which partitions
+        # still have data waiting before a single event of them is read.
+        raw_start = {tp.partition: o for tp, o in start.items() if tp.topic == settings.topics.raw}
+        progress.started(raw_start)
 
     @app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs) -> None:
         coordinator.active = False  # until the next assignment says otherwise
+        progress.forget(tp.partition for tp in revoked if tp.topic == settings.topics.raw)
 
     @app.timer(interval=TICK_SECONDS, name="drift_tick")
     async def drift_tick() -> None:

@@ -282,8 +282,8 @@ def _decode(value: bytes | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         log.error("a drift partial is not JSON: skipped")
         return None
-    if not isinstance(partial, dict) or "model_version" not in partial:
-        log.error("a drift partial has no model_version: skipped")
+    if not isinstance(partial, dict) or not ("model_version" in partial or "progress" in partial):
+        log.error("a drift partial has neither a model_version nor progress: skipped")
         return None
     return partial
 

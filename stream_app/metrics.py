@@ -91,6 +91,11 @@ class WorkerMetrics:
             ["partition"],
             registry=r,
         )
+        self.paused_partitions = Gauge(
+            "stopdrift_paused_partitions",
+            "Input partitions paused because they ran ahead of the slowest one (alignment)",
+            registry=r,
+        )
         self.model_info = Gauge(
             "stopdrift_model_version_info",
             "1 for the model version being used",
