@@ -297,12 +297,14 @@ def broken_champion(base: Path, mlflow: Settings) -> dict:
 
 
 def register_broken(settings: Settings) -> str:
-    """A new version of the model whose ``predict_proba`` raises, made the champion."""
+    """A new version of the model whose ``predict_proba`` raises, made the champion. Registered
+    as training registers (with its digests), so the worker's smoke test is what refuses it."""
     import mlflow
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from stopdrift_common.registry import client
+    from stopdrift_common.registry import MODEL_DIGEST_TAG, REFERENCE_DIGEST_TAG, client
+    from training.registration import logged_model_digest
 
     c = client(settings)
     current = c.get_model_version_by_alias(MODEL, settings.model_alias)
@@ -313,7 +315,11 @@ def register_broken(settings: Settings) -> str:
     broken = Pipeline([("broken", FunctionTransformer(fail))])
     with mlflow.start_run(run_id=current.run_id):  # the same reference artifacts
         info = mlflow.sklearn.log_model(broken, name="broken", serialization_format="cloudpickle")
-    mv = mlflow.register_model(info.model_uri, MODEL)
+    tags = {
+        MODEL_DIGEST_TAG: logged_model_digest(info.model_uri),
+        REFERENCE_DIGEST_TAG: current.tags[REFERENCE_DIGEST_TAG],
+    }
+    mv = mlflow.register_model(info.model_uri, MODEL, tags=tags)
     c.set_registered_model_alias(MODEL, settings.model_alias, mv.version)
     return str(mv.version)
 

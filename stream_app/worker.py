@@ -36,7 +36,7 @@ def build(settings: Settings):
     from stream_app.reports import Reports
 
     metrics = WorkerMetrics()
-    watch = ModelWatch(settings)
+    watch = ModelWatch(settings, on_reject=metrics.record_rejection)
     runtime = WorkerRuntime(settings, metrics, watch)
     from stream_app.drift_view import DriftView
 
