@@ -329,12 +329,16 @@ class GapBook:
         records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
         if (partition is None) != (position is None):
             raise ValueError("partition and position go together: give both or neither")
-        keys = (
-            zip(partition, position, strict=True)
-            if partition is not None and position is not None
-            else ((None, None) for _ in records)
-        )
-        for row, (part, pos) in zip(records, keys, strict=False):
+        if partition is not None and position is not None:
+            if not len(partition) == len(position) == len(records):
+                raise ValueError(
+                    f"{len(records)} rows but {len(partition)} partitions and "
+                    f"{len(position)} positions: give one of each per row"
+                )
+            keys = list(zip(partition, position, strict=True))
+        else:
+            keys = [(None, None)] * len(records)
+        for row, (part, pos) in zip(records, keys, strict=True):
             if part is not None:
                 part = part.item() if isinstance(part, np.generic) else part  # JSON-able
                 if pos <= self._high.get(part, -1):

@@ -251,6 +251,9 @@ def test_bad_calibration_arguments_name_the_value(reference, kwargs, message) ->
 def test_bad_book_arguments_and_reference_columns_name_the_value() -> None:
     with pytest.raises(ValueError, match="window_events"):
         dp.GapBook(window_events=0)
+    with pytest.raises(ValueError, match="give one of each per row"):
+        rows = tiny(subgeography="x", subject_race="white", search_rate=[0.1, 0.2], seq=[0, 1])
+        dp.GapBook().update(rows, partition=[0, 0], position=[1])
     with pytest.raises(ValueError, match="subject_race"):
         dp.DisparityReference(pd.DataFrame({c: [] for c in dp.LOCATION}))
 
