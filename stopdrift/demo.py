@@ -3,9 +3,11 @@
 It only starts processes and reads their metrics: broker, MLflow (training a champion when the
 registry has none), Alertmanager, Prometheus, the drift view (Evidently's UI), one worker and
 the producer. A worker that exits is started again (as systemd's or compose's restart policy
-would). Ctrl-C, SIGTERM or SIGHUP (or the end of ``--duration``) stops every process it
-started; servers that were already running are reused and left alone, so a second run works
-without cleanup.
+would). Ctrl-C, SIGTERM or SIGHUP at any time (or the end of ``--duration``) stops every
+process it started: each is registered the moment it is spawned, and a second Ctrl-C during the
+stop only shortens the grace periods. A server already running is reused, and left alone, only
+once it answers as the expected kind; a port taken by anything else is a one-line error, so a
+second run works without cleanup and never talks to (or kills) a stranger.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from stopdrift import servers
 from stopdrift_common.errors import EXIT_BROKER_LOST, UserError
 from stopdrift_common.registry import champion_version, require_mlflow
-from stopdrift_common.settings import PROJECT_ROOT, Settings
+from stopdrift_common.settings import PROJECT_ROOT, Settings, env_name
 from stopdrift_common.topics import discard_drift_state, ensure_topics
 
 MONITORING = PROJECT_ROOT / "monitoring"
@@ -33,7 +37,11 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "stopdrift.cli", *args]
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+def _spawn(cmd: list[str], log: Path | None) -> subprocess.Popen:
+    """A child in a process group of its own (stopped as a group); its output goes to ``log``
+    (None: the demo's own output)."""
+    if log is None:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -43,6 +51,68 @@ def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+class Stop(Exception):
+    """SIGINT, SIGTERM or SIGHUP: stop everything the demo started."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Signals:
+    """Stop signals as a ``Stop`` exception, except at two moments: while a child is being
+    spawned and registered (the signal waits, so no child escapes the registry), and once the
+    stop has begun (a further signal must not abort it: it only shortens the grace periods)."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+        self.deferring = 0
+        self.stopping = False
+        self.hurry = False
+
+    def install(self) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def ignore(self) -> None:
+        """Once everything is stopped: a late signal has nothing left to stop and must not turn
+        the demo's exit into a traceback or a death by signal (Python restores the default
+        handlers while it shuts down, but keeps SIG_IGN)."""
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping:
+            self.hurry = True
+        elif self.deferring:
+            self.pending = self.pending or name
+        else:
+            raise Stop(name)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold stop signals back until the block (spawn + register) is done."""
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+        if not self.deferring and self.pending and not self.stopping:
+            raise Stop(self.pending)
+
+
+def loopback_port(uri: str) -> int | None:
+    """The port of an http URI on this host (a server the demo may start), else None.
+
+    >>> loopback_port("http://127.0.0.1:5001"), loopback_port("http://mlflow.example:5000")
+    (5001, None)
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return parts.port or 80
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -81,35 +151,75 @@ class Demo:
         self.worker_proc: subprocess.Popen | None = None
         self.restarts = 0
         self.view_url: str | None = None
+        self.signals = Signals()
+        self.hurried = False  # said once that a second signal shortens the stop
 
     def say(self, text: str) -> None:
         print(f"[demo] {text}", flush=True)
 
-    def start_service(self, service: servers.Service) -> None:
+    def start_service(self, service: servers.Service, index: int | None = None) -> None:
+        """Spawn and register (at ``index`` in place of a dead one), then wait until it serves;
+        a timeout kills it and raises a one-line error that names its log."""
         self.say(f"starting {service.name} on 127.0.0.1:{service.port} (log {service.log_path})")
-        self.started.append(service.start())
+        with self.signals.deferred():
+            service.spawn()
+            if index is None:
+                self.started.append(service)
+            else:
+                self.started[index] = service
+        service.wait_ready()
+
+    def spawn(self, cmd: list[str], log: Path | None) -> subprocess.Popen:
+        with self.signals.deferred():
+            proc = _spawn(cmd, log)
+            self.procs.append(proc)
+        return proc
+
+    def reuse(self, name: str, port: int, expected: Callable[[int], bool], other: str) -> bool:
+        """True when the expected kind of server already answers on ``port`` (reuse it), False
+        when the port is free (start one); anything else on the port is a one-line error: the
+        demo neither talks to it nor stops it. ``other`` says how to pick another port."""
+        if not servers.port_open(port):
+            return False
+        if expected(port):
+            self.say(f"{name} already answers on 127.0.0.1:{port}: reusing it")
+            return True
+        raise UserError(
+            f"port {port} is taken by {servers.describe(port)}, which is not {name}: stop it, "
+            f"or {other}"
+        )
 
     # --- steps -----------------------------------------------------------------------------------
     def broker(self) -> None:
         s = self.settings
         if s.kafka_bootstrap_servers:
             self.say(f"using the Kafka brokers at {s.kafka_bootstrap_servers}")
-        elif servers.port_open(s.broker_port):
-            self.say(f"a broker already answers on 127.0.0.1:{s.broker_port}: reusing it")
-        else:
+        elif not self.reuse(
+            "a Kafka broker",
+            s.broker_port,
+            servers.is_kafka,
+            f"set {env_name('broker_port')} to another port (or --bootstrap-servers to a "
+            "Kafka broker of yours)",
+        ):
             self.start_service(servers.broker(s.broker_port, self.logs))
         created = ensure_topics(s)
         self.say(f"topics ready: {', '.join(s.topics.all())}" + (" (created)" if created else ""))
 
     def mlflow(self) -> None:
+        """Reuse or start MLflow where the tracking URI points (on this host); a tracking server
+        elsewhere must already answer."""
         s = self.settings
-        try:
-            require_mlflow(s, timeout=2)
-            self.say(f"MLflow already answers at {s.mlflow_tracking_uri}: reusing it")
-        except UserError:
-            self.start_service(
-                servers.mlflow_server(s.mlflow_port, s.runs_dir / "mlflow", self.logs)
-            )
+        port = loopback_port(s.mlflow_tracking_uri)
+        if port is None:
+            require_mlflow(s, timeout=5)
+            self.say(f"using MLflow at {s.mlflow_tracking_uri}")
+        elif not self.reuse(
+            "MLflow",
+            port,
+            servers.is_mlflow,
+            "pick another port with --mlflow-uri http://127.0.0.1:PORT (or MLFLOW_TRACKING_URI)",
+        ):
+            self.start_service(servers.mlflow_server(port, s.runs_dir / "mlflow", self.logs))
 
     def champion(self) -> None:
         s = self.settings
@@ -127,7 +237,8 @@ class Demo:
             "--data-dir",
             str(s.data_dir),
         )
-        if subprocess.run(cmd).returncode != 0:
+        # Registered like a server: a signal during the training stops it too.
+        if self.spawn(cmd, log=None).wait() != 0:
             raise UserError("training failed: see the output above")
         self.say(f"champion model: {s.model_name} version {champion_version(s)}")
 
@@ -135,9 +246,12 @@ class Demo:
         from stopdrift.monitoring_config import render_prometheus_config
 
         s = self.settings
-        if servers.port_open(s.alertmanager_port):
-            self.say(f"an Alertmanager already answers on :{s.alertmanager_port}: reusing it")
-        else:
+        if not self.reuse(
+            "Alertmanager",
+            s.alertmanager_port,
+            servers.is_alertmanager,
+            f"set {env_name('alertmanager_port')} to another port",
+        ):
             self.start_service(
                 servers.alertmanager(
                     s.alertmanager_port,
@@ -146,8 +260,12 @@ class Demo:
                     self.logs,
                 )
             )
-        if servers.port_open(s.prometheus_port):
-            self.say(f"a Prometheus already answers on :{s.prometheus_port}: reusing it")
+        if self.reuse(
+            "Prometheus",
+            s.prometheus_port,
+            servers.is_prometheus,
+            f"set {env_name('prometheus_port')} to another port",
+        ):
             return
         config = render_prometheus_config(
             [f"127.0.0.1:{s.metrics_port}"],
@@ -166,8 +284,12 @@ class Demo:
         view = DriftView(s.runs_dir / "evidently", base_url=s.drift_view_base_url)
         view.ensure_project()
         self.view_url = view.project_url()
-        if servers.port_open(s.drift_view_port):
-            self.say(f"a drift view already answers on :{s.drift_view_port}: reusing it")
+        if self.reuse(
+            "the drift view (Evidently UI)",
+            s.drift_view_port,
+            servers.is_drift_view,
+            f"set {env_name('drift_view_port')} to another port",
+        ):
             return
         self.start_service(
             servers.drift_view(s.drift_view_port, s.runs_dir / "evidently", self.logs)
@@ -180,8 +302,7 @@ class Demo:
                 f"port {s.metrics_port} is busy: is another worker running? "
                 f"Stop it, or set STOPDRIFT_METRICS_PORT"
             )
-        self.worker_proc = _spawn(self.worker_cmd(), self.logs / "worker.log")
-        self.procs.append(self.worker_proc)
+        self.worker_proc = self.spawn(self.worker_cmd(), self.logs / "worker.log")
         self.say(
             f"worker started (metrics http://127.0.0.1:{s.metrics_port}/metrics, "
             f"log {self.logs / 'worker.log'})"
@@ -214,7 +335,7 @@ class Demo:
                     f"the embedded broker stopped (exit code {service.proc.returncode}): its "
                     "topics and offsets were in memory and are gone; starting it again"
                 )
-                self.started[i] = servers.broker(self.settings.broker_port, self.logs).start()
+                self.start_service(servers.broker(self.settings.broker_port, self.logs), i)
                 ensure_topics(self.settings)
                 self.say("topics recreated; the worker and the producer start over on them")
         proc = self.worker_proc
@@ -229,8 +350,7 @@ class Demo:
             f"worker exited with code {proc.returncode}: starting it again (restart "
             f"{self.restarts}; log {self.logs / 'worker.log'})"
         )
-        self.worker_proc = _spawn(self.worker_cmd(), self.logs / "worker.log")
-        self.procs.append(self.worker_proc)
+        self.worker_proc = self.spawn(self.worker_cmd(), self.logs / "worker.log")
 
     def producer(self) -> subprocess.Popen:
         s = self.settings
@@ -253,8 +373,7 @@ class Demo:
         )
         if a.duration:
             cmd += ["--limit", str(max(1, int(a.rate * a.duration))) if a.rate else "1000000"]
-        proc = _spawn(cmd, self.logs / "producer.log")
-        self.procs.append(proc)
+        proc = self.spawn(cmd, self.logs / "producer.log")
         self.say(
             f"producer replaying scenario '{a.scenario}' at {a.rate:g} events/s "
             f"(log {self.logs / 'producer.log'})"
@@ -341,30 +460,35 @@ class Demo:
         ]
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in reversed(self.procs):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
-        for service in reversed(self.started):
-            service.stop()
+        """Stop every process the demo started, and only those: the worker, producer and
+        training first (they commit to the broker), then the servers, newest first. Signals no
+        longer interrupt it; a second one shortens the grace periods."""
+        self.signals.stopping = True
+
+        def hurry() -> bool:
+            if self.signals.hurry and not self.hurried:
+                self.hurried = True
+                self.say("stopping faster (a second signal): what does not exit in 1 s is killed")
+            return self.signals.hurry
+
+        servers.stop_processes(list(reversed(self.procs)), 15, hurry)
+        procs = [s.proc for s in reversed(self.started) if s.proc is not None]
+        servers.stop_processes(procs, 10, hurry)
         self.say("stopped every process the demo started")
 
 
-class Stop(Exception):
-    """SIGTERM or SIGHUP: stop like Ctrl-C does."""
-
-
-def _raise_stop(signum: int, frame: object) -> None:
-    raise Stop(signal.Signals(signum).name)
+def _stop_everything(demo: Demo) -> None:
+    while True:
+        # A signal that lands before stop() takes the signals over raises here: start again.
+        with contextlib.suppress(Stop, KeyboardInterrupt):
+            demo.stop()
+            demo.signals.ignore()
+            return
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     demo = Demo(args, settings)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    demo.signals.install()
     try:
         demo.broker()
         demo.mlflow()
@@ -380,14 +504,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 time.sleep(2)
                 demo.supervise()
     except KeyboardInterrupt:
-        demo.say("interrupted")
+        demo.say("interrupted: stopping")
     except Stop as exc:
         demo.say(f"{exc}: stopping")
     finally:
-        with contextlib.suppress(Stop, KeyboardInterrupt):  # a second signal: stop anyway
-            demo.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _stop_everything(demo)
     return 0
 
 

@@ -14,6 +14,7 @@ from stopdrift_common.topics import ensure_topics
 
 
 def run_mlflow(args: argparse.Namespace, settings: Settings) -> int:
+    _exit_on_stop_signals()
     s = settings
     store = s.mlflow_backend_store_uri or f"sqlite under {s.runs_dir / 'mlflow'}"
     server = foreground(
@@ -37,6 +38,7 @@ def run_mlflow(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_ui(args: argparse.Namespace, settings: Settings) -> int:
+    _exit_on_stop_signals()
     s = settings
     server = foreground(
         servers.drift_view(
@@ -65,6 +67,7 @@ def run_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_broker(args: argparse.Namespace, settings: Settings) -> int:
+    _exit_on_stop_signals()
     server = servers.broker(settings.broker_port, settings.runs_dir / "logs")
     with server:
         ensure_topics(settings)
@@ -91,12 +94,17 @@ def without_password(uri: str) -> str:
 
 
 def _wait(server: servers.Service) -> None:
-    # SIGTERM (kill, a script's cleanup) must stop the server too, not only this wrapper: turn it
-    # into SystemExit so the `with` block stops the child process group.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     while server.proc is not None and server.proc.poll() is None:
         time.sleep(0.5)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def _exit_on_stop_signals() -> None:
+    """SIGTERM (kill, a script's cleanup) or SIGHUP (a closed terminal) must stop the server
+    too, not only this wrapper, from the start on: as SystemExit they unwind through the start
+    (which kills a server not yet ready) or the `with` block (which stops its process group)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
+def _exit(signum: int, frame: object) -> None:
     raise SystemExit(0)

@@ -6,15 +6,19 @@ and the integration tests (on free loopback ports).
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +41,80 @@ def wait_for_port(
         if port_open(port):
             return
         if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise ServerUnavailable(f"{name} exited with code {proc.returncode}: {tail}")
+            last = _last_line(log)
+            raise ServerUnavailable(
+                f"{name} exited with code {proc.returncode} before it opened port {port}"
+                + (f": {last!r}" if last else "")
+                + _see(log)
+            )
         time.sleep(0.1)
-    raise ServerUnavailable(f"{name} did not open port {port} within {timeout:.0f}s")
+    raise ServerUnavailable(f"{name} did not open port {port} within {timeout:.0f}s{_see(log)}")
+
+
+def _last_line(log: Path | None) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = log.read_text(errors="replace")[-2000:].strip().splitlines()
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def _see(log: Path | None) -> str:
+    return f" (see {log})" if log is not None else ""
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    """The child is unreaped, or its process group (started with ``start_new_session``: its id
+    is the child's pid) still has running members: the kernel reuses no pid as a group id in
+    use, so that group holds only what the child started."""
+    return proc.poll() is None or _has_running_members(proc.pid)
+
+
+def _has_running_members(pgid: int) -> bool:
+    """Zombies do not count: an orphan's zombie waits for its new parent, which may be a
+    container's PID 1 that never reaps. Without /proc (not Linux) only the child counts."""
+    if not os.path.isdir("/proc"):
+        return False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if _group_alive(proc):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+def stop_processes(
+    procs: Sequence[subprocess.Popen],
+    grace: float,
+    hurry: Callable[[], bool] = lambda: False,
+) -> None:
+    """SIGTERM the process group of each child still running, wait up to ``grace`` seconds for
+    the groups to empty (1 s once ``hurry()`` says so), then SIGKILL what is left. Only children
+    unreaped when the stop begins are signalled: the group of one reaped long ago may since be
+    another program's."""
+    live = [p for p in procs if p.poll() is None]
+    for proc in live:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(_group_alive(p) for p in live) and time.monotonic() < deadline:
+        if hurry():
+            deadline = min(deadline, time.monotonic() + 1.0)
+        time.sleep(0.05)
+    for proc in live:
+        _signal_group(proc, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(_group_alive(p) for p in live) and time.monotonic() < deadline:
+        time.sleep(0.02)  # a SIGKILLed process takes a moment to go (and free its port)
 
 
 @dataclass
@@ -57,8 +131,20 @@ class Service:
     # is ready and answers 503 until then.
     ready_path: str | None = None
     proc: subprocess.Popen | None = None
+    spawned_at: float = 0.0
 
     def start(self) -> Service:
+        """Spawn and wait until it serves; a start that fails or is interrupted (Ctrl-C, a
+        timeout) kills what it spawned."""
+        self.spawn()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def spawn(self) -> Service:
+        """Start the process (in a process group of its own) without waiting for it."""
         if port_open(self.port):
             raise UserError(
                 f"{self.name}: port {self.port} is already in use (another {self.name} running? "
@@ -68,20 +154,31 @@ class Service:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-        self.proc = subprocess.Popen(
-            list(self.cmd),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        if log is not None:
-            log.close()
-        started = time.monotonic()
-        wait_for_port(self.port, self.ready_timeout, self.proc, self.name, self.log_path)
-        if self.ready_path is not None:
-            self._wait_ready(started + self.ready_timeout)
+        try:
+            self.proc = subprocess.Popen(
+                list(self.cmd),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        finally:
+            if log is not None:
+                log.close()
+        self.spawned_at = time.monotonic()
+        return self
+
+    def wait_ready(self) -> Service:
+        """Wait until the spawned server serves; on a timeout or an early exit, kill it and
+        raise a one-line error that names its log."""
+        try:
+            wait_for_port(self.port, self.ready_timeout, self.proc, self.name, self.log_path)
+            if self.ready_path is not None:
+                self._wait_ready(self.spawned_at + self.ready_timeout)
+        except ServerUnavailable:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, deadline: float) -> None:
@@ -94,19 +191,15 @@ class Service:
             except OSError:  # HTTPError 503 included: not ready yet
                 pass
             if time.monotonic() > deadline:
-                raise ServerUnavailable(f"{self.name} did not get ready at {url}")
+                raise ServerUnavailable(
+                    f"{self.name} did not get ready at {url} within {self.ready_timeout:.0f}s"
+                    f"{_see(self.log_path)}"
+                )
             time.sleep(0.2)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            stop_processes([self.proc], timeout)
 
     def __enter__(self) -> Service:
         return self.start()
@@ -235,3 +328,103 @@ def alertmanager(port: int, config: Path, data_dir: Path, log_dir: Path) -> Serv
     ]
     log = log_dir / "alertmanager.log"
     return Service("alertmanager", cmd, port, log, ready_timeout=30, ready_path="/-/ready")
+
+
+# --- is the server on a port the expected kind? ---------------------------------------------------
+# Before reusing whatever answers on a port, ask it something only the expected server answers.
+
+
+def _http_get(port: int, path: str, timeout: float = 3.0) -> tuple[int, str, bytes] | None:
+    """(status, Server header, first bytes of the body), or None when no HTTP answer came."""
+    url = f"http://{LOOPBACK}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.headers.get("Server", ""), r.read(65536)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Server", "") if exc.headers else "", b""
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+def _http_json(port: int, path: str) -> object:
+    reply = _http_get(port, path)
+    if reply is None or reply[0] != 200:
+        return None
+    try:
+        return json.loads(reply[2])
+    except ValueError:
+        return None
+
+
+def is_mlflow(port: int) -> bool:
+    """MLflow's tracking server: ``/version`` is its version, and its REST API searches
+    experiments (a JSON object of ``experiments``)."""
+    version = _http_get(port, "/version")
+    if version is None or version[0] != 200 or not re.fullmatch(rb"\d+\.\d+\S*", version[2]):
+        return False
+    found = _http_json(port, "/api/2.0/mlflow/experiments/search?max_results=1")
+    return isinstance(found, dict) and set(found) <= {"experiments", "next_page_token"}
+
+
+def is_prometheus(port: int) -> bool:
+    found = _http_json(port, "/api/v1/status/buildinfo")
+    return (
+        isinstance(found, dict)
+        and found.get("status") == "success"
+        and isinstance(found.get("data"), dict)
+        and "goVersion" in found["data"]
+    )
+
+
+def is_alertmanager(port: int) -> bool:
+    found = _http_json(port, "/api/v2/status")
+    return isinstance(found, dict) and {"cluster", "versionInfo", "config"} <= set(found)
+
+
+def is_drift_view(port: int) -> bool:
+    """Evidently's UI (``stopdrift ui``) names itself at ``/api/version``."""
+    found = _http_json(port, "/api/version")
+    return isinstance(found, dict) and found.get("application") == "Evidently UI"
+
+
+def is_kafka(port: int, timeout: float = 3.0) -> bool:
+    """A Kafka-speaking broker: kafka-python's bootstrap (an ApiVersions request, then metadata)
+    succeeds within ``timeout``."""
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        client = KafkaAdminClient(
+            bootstrap_servers=f"{LOOPBACK}:{port}",
+            bootstrap_timeout_ms=int(timeout * 1000),
+            request_timeout_ms=int(timeout * 1000),
+            client_id="stopdrift-probe",
+        )
+    except Exception:  # noqa: BLE001 - whatever kafka-python raises, it is not a broker we use
+        return False
+    client.close()
+    return True
+
+
+def describe(port: int) -> str:
+    """What answers on a loopback port, in a few words, for an error message."""
+    reply = _http_get(port, "/", timeout=2.0)
+    if reply is None:
+        what = "a server that does not answer HTTP"
+    else:
+        server = f"Server: {reply[1]}, " if reply[1] else ""
+        what = f"an HTTP server ({server}GET / answered {reply[0]})"
+    owner = listener(port)
+    return f"{what}, {owner}" if owner else what
+
+
+def listener(port: int) -> str:
+    """The process listening on a loopback port as 'process NAME (pid N)', when ``ss`` can see
+    it (only this user's processes unless run as root); '' otherwise."""
+    try:
+        out = subprocess.run(
+            ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    found = re.search(r'\("([^"]+)",pid=(\d+)', out)
+    return f"process {found.group(1)} (pid {found.group(2)})" if found else ""
