@@ -157,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     setting(p, "--host", "drift_view_host")
 
     p = command(
+        "reports",
+        "write drift reports and drift-view snapshots from drift.windows (each worker also "
+        "runs this as its child process; the same group, so each record is reported once)",
+        "stream_app.report_service:run",
+    )
+    setting(p, "--worker-id", "worker_id")
+    setting(p, "--report-keep", "report_keep")
+    setting(p, "--drift-view-url", "drift_view_url")
+
+    p = command(
         "topics",
         "create the topics of a worker group (with their partition counts) and exit",
         "stopdrift.server_commands:run_topics",

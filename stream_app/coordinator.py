@@ -165,16 +165,7 @@ class Coordinator:
         for window in effects.windows:
             window["worker_id"] = self.settings.worker_id
         if self.reports is not None:
-            drifted = {a["id"] for a in effects.alerts}
-            for record in effects.windows:
-                rows = effects.report_rows.get(record["id"])
-                reference = self.frames.get(record["model_version"])
-                if rows is None or reference is None:
-                    continue
-                if record["id"] in drifted:
-                    record["report"] = self.reports.submit(record, reference, rows)
-                else:
-                    self.reports.window(record, reference, rows)
+            self._queue_reports(effects)
         for alert in effects.alerts:  # the alert is the window's record
             alert.update(next(w for w in effects.windows if w["id"] == alert["id"]))
         topics = self.settings.topics
@@ -215,6 +206,23 @@ class Coordinator:
         tested = [w for w in effects.windows if w["tested"]]
         if tested:
             self.last_tested_at = tested[-1]["closed_at"]
+
+    def _queue_reports(self, effects: Effects) -> None:
+        """Hand the windows' rows to the report writer: a queue append, no disk; whatever goes
+        wrong costs a report, never the windows' records."""
+        drifted = {a["id"] for a in effects.alerts}
+        for record in effects.windows:
+            rows = effects.report_rows.get(record["id"])
+            reference = self.frames.get(record["model_version"])
+            if rows is None or reference is None:
+                continue
+            try:
+                if record["id"] in drifted:
+                    record["report"] = self.reports.submit(record, reference, rows)
+                else:
+                    self.reports.window(record, reference, rows)
+            except Exception:
+                log.exception("queueing the report of window %s failed", record.get("id"))
 
     # --- model versions ----------------------------------------------------------------------
     async def _prepare(self, version: str) -> None:

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 import uuid
@@ -197,9 +198,14 @@ class DriftView:
             description="stopdrift: drift alerts and tested windows vs the champion's reference",
         )
         project_id = str(project.id)
-        (self.workspace_dir / project_id / _SNAPSHOTS).mkdir(parents=True)
-        self._ensure_dashboard(project_id)  # before the project appears: never an empty page
-        _publish(self.workspace_dir / project_id / _PROJECT_FILE, _to_json(project.dict(), 2))
+        folder = self.workspace_dir / project_id
+        try:
+            (folder / _SNAPSHOTS).mkdir(parents=True)
+            self._ensure_dashboard(project_id)  # before the project appears: never an empty page
+            _publish(folder / _PROJECT_FILE, _to_json(project.dict(), 2))
+        except BaseException:  # a full disk: no half-made project left for the next attempt
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         log.info("created Evidently project %r (%s)", self.project_name, project_id)
         return project_id
 
@@ -323,6 +329,13 @@ class DriftView:
         if self.base_url is None:
             return None
         return f"{self.base_url}/projects/{self._existing_project()}/reports/{snapshot_id}"
+
+    def known_snapshot_url(self, snapshot_id: str) -> str | None:
+        """``snapshot_url`` without touching the disk (fit for the event loop): None without a
+        ``base_url`` or until this object has found or made the project."""
+        if self.base_url is None or self._project_id is None:
+            return None
+        return f"{self.base_url}/projects/{self._project_id}/reports/{snapshot_id}"
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -482,25 +495,28 @@ def _publish(path: Path, text: str) -> None:
     UI's watcher sees a created file that is already whole), drop the temporary name. Where
     hard links are not supported: rename, then append a newline (a modify event it sees)."""
     tmp = _temporary(path)
-    tmp.write_text(text, encoding="utf-8")
     try:
-        os.link(tmp, path)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n")
-        return
-    tmp.unlink()
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            os.link(tmp, path)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            os.replace(tmp, path)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("\n")
+    finally:
+        tmp.unlink(missing_ok=True)  # also a half-written one (a full disk): no space held
 
 
 def _replace(path: Path, text: str) -> None:
     """Overwrite ``path`` atomically (the UI reads the dashboard afresh on each request)."""
     tmp = _temporary(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_head(path: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from stream_app.model_watch import REJECTION_REASONS
+from stream_app.reports import DROP_REASONS, ERROR_KINDS
 
 # The reason codes decode_message and the worker can give (schema.py, outcomes.py).
 DLQ_REASONS = [
@@ -141,6 +142,32 @@ class WorkerMetrics:
             "Unix time the last batch was written",
             registry=r,
         )
+        self.reports_dropped = Counter(
+            "stopdrift_reports_dropped",
+            "Drift reports and snapshots not written, by reason: queue_full (the oldest waiting "
+            "is dropped under sustained drift) or disk_cooldown (a write failed moments ago)",
+            ["reason"],
+            registry=r,
+        )
+        self.report_errors = Counter(
+            "stopdrift_report_errors",
+            "Failed drift report, snapshot or drift-view writes, by kind: no_space, read_only, "
+            "permission, os_error, failed (Evidently or the data); scoring goes on",
+            ["kind"],
+            registry=r,
+        )
+        self.reports_written = Counter(
+            "stopdrift_reports_written",
+            "Drift reports (HTML) and drift-view snapshots written, by kind",
+            ["kind"],
+            registry=r,
+        )
+        for reason in DROP_REASONS:
+            self.reports_dropped.labels(reason)
+        for kind in ERROR_KINDS:
+            self.report_errors.labels(kind)
+        for kind in ("report", "snapshot"):
+            self.reports_written.labels(kind)
         self._model: tuple[str, str] | None = None
 
     def record_outcomes(self, scored: int, dlq_reasons: Mapping[str, int]) -> None:
@@ -184,6 +211,16 @@ class WorkerMetrics:
             reason if reason in REJECTION_REASONS else "smoke_test"
         ).inc()
         self.champion_rejected.set(float(version) if version.isdigit() else 0)
+
+    def record_report_dropped(self, reason: str) -> None:
+        """``Reports``' counters (called from its thread; the client's counters are locked)."""
+        self.reports_dropped.labels(reason if reason in DROP_REASONS else "queue_full").inc()
+
+    def record_report_error(self, kind: str) -> None:
+        self.report_errors.labels(kind if kind in ERROR_KINDS else "failed").inc()
+
+    def record_report_written(self, kind: str) -> None:
+        self.reports_written.labels("snapshot" if kind == "snapshot" else "report").inc()
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -33,7 +33,7 @@ def build(settings: Settings):
     from stream_app.drift_metrics import DriftCollector
     from stream_app.metrics import WorkerMetrics
     from stream_app.model_watch import ModelWatch
-    from stream_app.reports import Reports
+    from stream_app.reports import ReportLinks
 
     metrics = WorkerMetrics()
     watch = ModelWatch(settings, on_reject=metrics.record_rejection)
@@ -41,13 +41,13 @@ def build(settings: Settings):
     from stream_app.drift_view import DriftView
 
     view = DriftView(settings.runs_dir / "evidently", base_url=settings.drift_view_base_url)
-    reports = Reports(
+    # Reports are written by the report service (a child process, see run()): the records
+    # carry a sample of their rows, the scoring process never runs Evidently or writes them.
+    reports = ReportLinks(
         settings.runs_dir / "reports",
-        keep=settings.report_keep,
-        seed=settings.seed,
         view=view,
-        view_keep=settings.drift_view_keep,
         window_seconds=settings.drift_view_window_seconds,
+        seed=settings.seed,
     )
     coordinator = Coordinator(settings, champion=lambda: watch.current, reports=reports)
     metrics.registry.register(DriftCollector(coordinator))
@@ -72,6 +72,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     prometheus_client.disable_created_metrics()  # no *_created series: half the scrape size
     app, runtime, _ = build(settings)
+    from stream_app.report_service import start_child
+
+    # Drift reports and snapshots out of the scoring process; their counts on this /metrics.
+    start_child(settings, runtime.metrics)
     try:
         runtime.metrics.serve(settings.metrics_port, settings.worker_web_host)
     except OSError as exc:
