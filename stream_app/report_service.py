@@ -239,7 +239,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from stopdrift_common.topics import require_broker
 
     require_broker(settings)
-    logging.getLogger("stream_app").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s reports %(message)s")
     consume(settings)
     return 0
 
