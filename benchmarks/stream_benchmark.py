@@ -58,7 +58,8 @@ GOALS = {
 def bare_faust(bootstrap: str, out_path: str, web_port: int) -> None:
     import faust
 
-    from stream_app.app import faust_settings, limit_fetch_wait
+    from stream_app.app import faust_settings
+    from stream_app.faust_internals import limit_fetch_wait
 
     limit_fetch_wait()  # the same consumer settings as the worker
 

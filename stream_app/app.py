@@ -25,16 +25,19 @@ import orjson
 from stopdrift_common.errors import EXIT_BROKER_LOST, EXIT_WRITE_FAILED
 from stopdrift_common.settings import Settings
 from stream_app.coordinator import Coordinator
+from stream_app.faust_internals import BatchWriter, hold_partitions, limit_fetch_wait
 from stream_app.outcomes import BatchOutcome, InMessage, split_by_size
 from stream_app.progress import PartitionProgress, latest_seqs
 from stream_app.runtime import WorkerRuntime
 
 log = logging.getLogger("stopdrift.worker")
 
-FETCH_MAX_WAIT_MS = 50
 WRITE_ATTEMPTS = 8  # about 2.5 minutes of retries while the broker is away, then exit
 MAX_HANDLE_BYTES = 6_000_000  # about 15,000 events per scoring call (8 MB: +50 MB resident)
 TICK_SECONDS = 1.0
+# Messages Faust buffers per input topic. They still arrive after their partition is paused
+# (alignment), so this bounds the overshoot: kept small beside max_open_windows' seqs.
+STREAM_BUFFER = 4096
 RESET_EXIT_SECONDS = 10.0  # long enough for Prometheus to scrape the reset before the exit
 
 
@@ -51,7 +54,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_heartbeat_interval=2,
         broker_rebalance_timeout=12,
         broker_max_poll_records=5000,
-        stream_buffer_maxsize=16384,
+        stream_buffer_maxsize=STREAM_BUFFER,
         producer_linger=0.0,  # outputs go out as whole batches (BatchWriter): no need to wait
         producer_max_request_size=2 * 1024 * 1024,
         producer_max_batch_size=1024 * 1024,  # BatchWriter fills one batch per partition
@@ -62,69 +65,18 @@ def faust_settings(settings: Settings) -> dict:
     )
 
 
-def limit_fetch_wait(ms: int = FETCH_MAX_WAIT_MS) -> None:
-    """Faust hard-codes the consumer's ``fetch_max_wait_ms=1500``, and Tansu holds a fetch for
-    that long even when data is waiting: measured produced->scored p50 546 ms / p99 937 ms at
-    1,000 events/s. Lower it on every consumer Faust creates in this process (before start)."""
-    from faust.transport.drivers import aiokafka as driver
+def alignment_skew(settings: Settings) -> int:
+    """Seqs a partition may run ahead of the slowest one before it is paused. What was fetched
+    or buffered before the pause took effect still arrives (up to a buffer and a batch of that
+    partition's messages, each about ``partitions`` seqs apart on a feed keyed evenly), so half
+    of what the open windows hold beyond that overshoot.
 
-    original = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "stopdrift_fetch_wait", None) == ms:
-        return
-    base = getattr(original, "stopdrift_original", original)
-
-    def create(self, transport):
-        consumer = base(self, transport)
-        consumer._fetch_max_wait_ms = ms  # read by AIOKafkaConsumer.start()
-        return consumer
-
-    create.stopdrift_fetch_wait = ms
-    create.stopdrift_original = base
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create
-
-
-class BatchWriter:
-    """Writes a batch's outputs as produce batches: one aiokafka ``BatchBuilder`` per
-    (topic, partition), one delivery future each, gathered once.
-
-    Sending each output with ``app.producer.send`` costs a future and an accumulator append per
-    message (~30 us); with 2,000 outputs a batch that was the largest cost after Faust itself.
-    Keys are partitioned like the default partitioner (murmur2), so an event's output lands in
-    the same partition as any other output with the same key."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-
-    async def write(self, outputs: list[tuple[str, bytes | None, bytes]]) -> None:
-        if not outputs:
-            return
-        producer = self.app.producer._producer  # the aiokafka producer Faust started
-        by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic in {t for t, _, _ in outputs}:
-            await producer.partitions_for(topic)  # metadata, once per topic
-        partitions: dict[tuple[str, bytes | None], int] = {}  # keys repeat (a state each)
-        for topic, key, value in outputs:
-            if key is None:  # a random partition per message, as the producer does
-                partition = producer._partition(topic, None, None, None, key, value)
-            elif (partition := partitions.get((topic, key))) is None:
-                partition = producer._partition(topic, None, None, None, key, value)
-                partitions[(topic, key)] = partition
-            by_tp.setdefault((topic, partition), []).append((key, value))
-        futures = []
-        for (topic, partition), messages in by_tp.items():
-            batch = producer.create_batch()
-            for key, value in messages:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    if batch.record_count():
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        # larger than a whole batch: let the producer size its own request
-                        futures.append(await producer.send(topic, value, key, partition))
-                        batch = producer.create_batch()
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+    >>> alignment_skew(Settings())  # 256 windows of 500 seqs, 4 partitions
+    51808
+    """
+    room = settings.max_open_windows * settings.window_events
+    overshoot = (STREAM_BUFFER + settings.batch_max_events) * settings.partitions
+    return max(room - overshoot, settings.window_events) // 2
 
 
 def transport_error(exc: BaseException) -> bool:
@@ -154,9 +106,7 @@ def create_app(
     )
     writer = BatchWriter(app)
     coordinator.flush = app.producer.flush
-    # Partitions may run this many seqs ahead of the slowest one before they pause: half the
-    # coordinator's open windows (the other half absorbs partials in flight and other workers).
-    progress = PartitionProgress(settings.max_open_windows * settings.window_events // 2)
+    progress = PartitionProgress(alignment_skew(settings))
 
     # Window states of the drift coordinator, backed by a changelog topic: the worker that
     # owns the partials partition (after a restart or a rebalance) rebuilds them from Kafka.
@@ -242,13 +192,9 @@ def create_app(
         horizon = coordinator.monitor.horizon(time.time()) if coordinator.active else None
         pause = progress.to_pause(horizon)
         own = own_raw_partitions()
-        stop = [tp for tp in own if tp.partition in pause]
-        go = [tp for tp in own if tp.partition not in pause]
-        if stop:
-            app.consumer.pause_partitions(stop)
-        if go:
-            app.consumer.resume_partitions(go)
-        runtime.metrics.paused_partitions.set(len(stop))
+        hold = {tp for tp in own if tp.partition in pause}
+        hold_partitions(app.consumer, hold, own)
+        runtime.metrics.paused_partitions.set(len(hold))
 
     @app.timer(interval=TICK_SECONDS, name="report_progress")
     async def report_progress() -> None:
