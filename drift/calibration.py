@@ -49,6 +49,14 @@ from drift.family import Family
 
 TAIL_FRACTION = 0.05
 BODY_POINTS = 200
+# A saved calibration is reused only by the code that would compute the same one: bump
+# FORMAT_VERSION when ``to_dict``'s layout changes, CODE_VERSION when the bootstrap's results do.
+FORMAT_VERSION = 1
+CODE_VERSION = 1
+
+
+class CalibrationFormatError(ValueError):
+    """A saved calibration that is malformed or of another format version."""
 
 
 def _tail(sorted_x: np.ndarray, tail_fraction: float) -> tuple[float, float, int]:
@@ -264,9 +272,10 @@ class Calibration:
             out[i] = (1 - w) * getattr(lo, key) + w * getattr(hi, key)
         return float(out[0]) if np.ndim(n) == 0 else out
 
-    # --- JSON (cached between runs) ---------------------------------------------------------
+    # --- JSON (stored with the model version, cached between runs) ---------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
+            "format": FORMAT_VERSION,
             "points": [p.to_dict() for p in self.points],
             "alpha": self.alpha,
             "method": self.method,
@@ -274,13 +283,27 @@ class Calibration:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Calibration:
-        return cls(
-            [SizePoint.from_dict(p) for p in d["points"]],
-            d["alpha"],
-            d["method"],
-            d.get("meta", {}),
-        )
+    def from_dict(cls, d: Any) -> Calibration:
+        """The inverse of ``to_dict``; ``CalibrationFormatError`` for anything else (another
+        format version, a truncated or hand-edited file), never a half-built calibration.
+
+        >>> Calibration.from_dict({"points": []})
+        Traceback (most recent call last):
+        ...
+        drift.calibration.CalibrationFormatError: calibration format None, expected 1
+        """
+        if not isinstance(d, dict) or d.get("format") != FORMAT_VERSION:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise CalibrationFormatError(f"calibration format {found}, expected {FORMAT_VERSION}")
+        try:
+            points = [SizePoint.from_dict(p) for p in d["points"]]
+            cal = cls(points, float(d["alpha"]), str(d["method"]), dict(d.get("meta", {})))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CalibrationFormatError(f"malformed calibration: {exc!r}"[:200]) from None
+        sizes = cal.sizes
+        if not points or sizes != sorted(set(sizes)) or cal.method not in ("joint", "bonferroni"):
+            raise CalibrationFormatError("malformed calibration: no or unordered size points")
+        return cal
 
 
 def _expand(c: Counts, axis: int) -> Counts:

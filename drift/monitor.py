@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drift.calibration import Calibration, size_grid
+from drift.calibration import CODE_VERSION, FORMAT_VERSION, Calibration, size_grid
 from drift.counts import CONFIDENCE_COLUMN, LABEL_COLUMN, PREDICTED_COLUMN, Counts, Layout
 from drift.detector import SCALES, Detector, Verdict
 from drift.family import Family
@@ -98,7 +98,8 @@ class MonitorConfig:
         return budget / self.calibration_margin
 
     def calibration_key(self) -> dict[str, Any]:
-        """What a calibration depends on (besides the reference rows): its cache key."""
+        """What a calibration depends on (besides the reference rows): its cache key, with the
+        code and format version of the calibration (a saved one of other code is not reused)."""
         keys = (
             "calibration_margin",
             "numeric",
@@ -115,7 +116,8 @@ class MonitorConfig:
             "n_bins",
             "seed",
         )
-        return {k: getattr(self, k) for k in keys}
+        key = {k: getattr(self, k) for k in keys}
+        return {**key, "calibration_code": CODE_VERSION, "calibration_format": FORMAT_VERSION}
 
 
 @dataclass
@@ -190,6 +192,16 @@ class Effects:
 
 
 @dataclass
+class _Skipped:
+    """A window of an unpreparable version: only counted, to be reported untested."""
+
+    n: int = 0
+    rejected: int = 0
+    opened_at: float = 0.0
+    last_event_at: float = 0.0
+
+
+@dataclass
 class _Partition:
     position: int = -1
     seq: int = -1
@@ -219,6 +231,11 @@ class DriftMonitor:
         self.unwindowed_rejects = 0
         self.latest: dict[str, Any] | None = None  # the last tested window's record
         self._saved: dict[str, dict[int, dict[str, Any]]] = {}  # restored, version not ready
+        # Versions that could not be prepared (kind, detail): their partials are counted per
+        # window only and their windows reported untested, so they never hold the others up.
+        self.unprepared: dict[str, tuple[str, str]] = {}
+        self._skipped: dict[str, dict[int, _Skipped]] = {}
+        self.partials_skipped: dict[str, int] = {}  # kind -> partials of unprepared versions
 
     # --- versions ----------------------------------------------------------------------------
     def add_version(self, model: VersionModel, now: float = 0.0) -> None:
@@ -234,6 +251,13 @@ class DriftMonitor:
         self.versions[model.version] = model
         self.books[model.version] = book
         self.latest_version = max(self.books, key=version_order)
+        self.unprepared.pop(model.version, None)  # recovered: counted in full from now on
+
+    def mark_unprepared(self, version: str, kind: str, detail: str) -> None:
+        """``version`` cannot be prepared (``kind``: a short label, ``detail``: why): count its
+        partials per window and report those windows untested, instead of waiting for it."""
+        if version not in self.versions:
+            self.unprepared[str(version)] = (kind, detail[:300])
 
     def saved_versions(self) -> list[str]:
         """Versions with restored windows but no ``add_version`` yet."""
@@ -246,14 +270,47 @@ class DriftMonitor:
         if partial.get("model_version") is not None:
             version = str(partial["model_version"])
             model = self.versions.get(version)
-            if model is None:
+            if model is None and version in self.unprepared:
+                self._skip(version, partial, now)
+            elif model is None:
                 raise UnknownVersion(version)
-            events = self._events(partial, model)
-            self._track(events, now)
-            self.unwindowed_rejects += int((events.reject_seq < 0).sum())
-            self.books[version].add(events, self.floors, now)
+            else:
+                self._count(version, model, partial, now)
         self.progress(partial.get("progress") or {})
         return self._advance(now)
+
+    def _count(self, version: str, model: VersionModel, partial: Mapping[str, Any], now: float):
+        events = self._events(partial, model)
+        self._track(events, now)
+        self.unwindowed_rejects += int((events.reject_seq < 0).sum())
+        self.books[version].add(events, self.floors, now)
+
+    def _skip(self, version: str, partial: Mapping[str, Any], now: float) -> None:
+        """A partial of an unprepared version: its seqs still move the watermark (the other
+        versions' windows close as they would); its windows get counts, no test."""
+        ev, rej = partial.get("events") or {}, partial.get("rejects") or {}
+        kind = self.unprepared[version][0]
+        self.partials_skipped[kind] = self.partials_skipped.get(kind, 0) + 1
+        parts = [*ev.get("partition", []), *rej.get("partition", [])]
+        positions = [*ev.get("position", []), *rej.get("position", [])]
+        seqs = [*ev.get("seq", []), *rej.get("seq", [])]
+        seen = Events(  # positions only: what the watermark needs
+            np.asarray(parts, np.int64),
+            np.asarray(positions, np.int64),
+            np.asarray(seqs, np.int64),
+            np.zeros((len(seqs), 0), np.int64),
+            np.zeros(len(seqs)),
+        )
+        self._track(seen, now)
+        windows = self._skipped.setdefault(version, {})
+        valid = np.arange(len(seqs)) < len(ev.get("seq", []))
+        known = seen.seq >= 0
+        for key in np.unique(seen.seq[known] // self.config.window_events).tolist():
+            in_key = known & (seen.seq // self.config.window_events == key)
+            w = windows.setdefault(int(key), _Skipped(opened_at=now))
+            w.last_event_at = now
+            w.n += int((in_key & valid).sum())
+            w.rejected += int((in_key & ~valid).sum())
 
     def progress(self, report: Mapping[Any, Sequence[int]]) -> None:
         """Record the workers' progress: partition -> (next offset written, log end)."""
@@ -353,7 +410,58 @@ class DriftMonitor:
             str(p): [s.position, s.seq, s.last_event_at, s.read, s.end]
             for p, s in self.partitions.items()
         }
+        effects.windows += self._close_skipped(watermark, now)
         return effects
+
+    def _close_skipped(self, watermark: int | None, now: float) -> list[dict[str, Any]]:
+        """Untested records of unprepared versions' windows the watermark passed (or, once no
+        data waits, that went idle): a window is reported once all its events could come."""
+        out = []
+        quiet = not self.data_pending()
+        w_events = self.config.window_events
+        for version, windows in self._skipped.items():
+            for key in sorted(windows):
+                w = windows[key]
+                if watermark is not None and watermark >= (key + 1) * w_events - 1:
+                    by = "watermark"
+                elif quiet and now - w.last_event_at >= self.config.idle_seconds:
+                    by = "idle"
+                else:
+                    continue
+                del windows[key]
+                out.append(self._skipped_record(version, key, w, by, now))
+        self.windows_untested += len(out)
+        return out
+
+    def _skipped_record(self, version: str, key: int, w: _Skipped, by: str, now: float):
+        kind, detail = self.unprepared.get(version, ("recovered", "prepared late"))
+        start, end = key * self.config.window_events, (key + 1) * self.config.window_events
+        return {
+            "id": f"{version}:{key}:unprepared",
+            "model_version": version,
+            "window": key,
+            "generation": 0,
+            "seq_start": start,
+            "seq_end": end,
+            "n": w.n,
+            "rejected": w.rejected,
+            "missing": max(end - start - w.n - w.rejected, 0),
+            "closed_by": by,
+            "opened_at": w.opened_at,
+            "last_event_at": w.last_event_at,
+            "closed_at": now,
+            "tested": False,
+            "untested_reason": f"model version {version} cannot be prepared ({kind}): {detail}",
+            "unprepared": kind,
+            "drifted": False,
+            "drifted_features": [],
+            "threshold": None,
+            "feature_evidence": {},
+            "scales": {},
+            "findings": [],
+            "effects": {},
+            "calibration": {},
+        }
 
     def _test(self, version: str, book: WindowBook, window: Window) -> Effects:
         model = self.versions[version]

@@ -259,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     setting(p, "--drift-view-url", "drift_view_url")
 
     p = command(
+        "calibrate",
+        "compute a model version's drift calibration for these drift settings and store it "
+        "with the version (workers with the same settings then load it)",
+        "training.registration:run_calibrate",
+    )
+    p.add_argument("--version", type=positive_int, help="model version (default: the champion)")
+    setting(p, "--window-events", "window_events")
+    setting(p, "--min-window-events", "min_window_events")
+    setting(p, "--false-alarms-per-million", "false_alarms_per_million")
+
+    p = command(
         "demo",
         "start everything locally and replay a drift scenario",
         "stopdrift.demo:run",

@@ -13,6 +13,11 @@ The version carries two tags written by training when it registers it: ``MODEL_D
 download the files, recompute the digests and refuse (``UnverifiedArtifacts``) a version whose
 tag is missing or differs *before* anything is unpickled or parsed.
 
+A version may also hold drift calibrations (``calibrations.py``): ``drift/calibration-<key
+hash>.json`` in its run, each with its sha256 in the tag ``stopdrift.calibration_sha256.<key
+hash>``. ``store_calibration`` adds one; ``load_calibration`` returns it verified, or None when
+the version has none for that key.
+
 The alias ``champion`` points at the version the stream must use. The stream calls
 ``load_champion`` at start and ``champion_version`` on a timer to pick up a new champion.
 """
@@ -23,12 +28,13 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from stopdrift_common import calibrations
 from stopdrift_common.errors import ServerUnavailable, UserError
 from stopdrift_common.settings import Settings
 
@@ -56,6 +62,7 @@ class Champion:
     model: Any  # sklearn Pipeline with predict_proba; columns in ``classes`` order
     reference: dict[str, Any]
     reference_rows: pd.DataFrame
+    tags: dict[str, str] = field(default_factory=dict)  # the version's tags when loaded
 
     @property
     def classes(self) -> list[str]:
@@ -99,7 +106,8 @@ def load_champion(settings: Settings, version: str | None = None) -> Champion:
     expected = _expected_digest(mv.tags, MODEL_DIGEST_TAG, what, str(version))  # before any I/O
     reference, rows = load_reference(settings, str(version), version_info=mv)
     model = _load_verified_model(settings, str(version), expected)
-    return Champion(settings.model_name, str(version), mv.run_id, model, reference, rows)
+    tags = dict(mv.tags or {})
+    return Champion(settings.model_name, str(version), mv.run_id, model, reference, rows, tags)
 
 
 def _load_verified_model(settings: Settings, version: str, expected: str) -> Any:
@@ -149,6 +157,52 @@ def load_reference(
     if not reference.get("classes") or missing:
         raise UserError(f"{what}: reference rows lack {', '.join(missing) or 'classes'}")
     return reference, rows
+
+
+# --- drift calibrations stored with a version ---------------------------------------------------
+def store_calibration(
+    settings: Settings,
+    version: str,
+    key: Mapping[str, Any],
+    reference_sha256: str,
+    calibration: Mapping[str, Any],
+) -> str:
+    """Log the calibration as an artifact of ``version``'s run, then tag the version with its
+    digest (in that order: a tag never names a file that is not there). Returns its path."""
+    c = client(settings)
+    mv = c.get_model_version(settings.model_name, version)
+    artifact = calibrations.artifact_path(key)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact).name
+        path.write_text(json.dumps(calibrations.document(key, reference_sha256, calibration)))
+        c.log_artifact(mv.run_id, str(path), calibrations.ARTIFACT_FOLDER)
+        digest = file_sha256(path)
+    c.set_model_version_tag(settings.model_name, version, calibrations.digest_tag(key), digest)
+    return artifact
+
+
+def load_calibration(
+    settings: Settings,
+    version: str,
+    key: Mapping[str, Any],
+    reference_sha256: str,
+    version_info: Any = None,
+) -> dict[str, Any] | None:
+    """``version``'s stored calibration for ``key`` (a ``Calibration.to_dict``), or None when
+    it has none for these settings. Its file must hash to its tag (``UnverifiedArtifacts``
+    otherwise) and be the calibration of these reference rows (``ForeignCalibration``).
+    ``version_info``: anything with the version's ``tags`` and ``run_id``."""
+    mv = version_info or client(settings).get_model_version(settings.model_name, version)
+    expected = (mv.tags or {}).get(calibrations.digest_tag(key))
+    if not expected:
+        return None
+    what = f"model {settings.model_name} version {version}'s drift calibration"
+    artifact = calibrations.artifact_path(key)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client(settings).download_artifacts(mv.run_id, artifact, tmp))
+        _check_digest(expected, file_sha256(path), calibrations.digest_tag(key), what, version)
+        doc = json.loads(path.read_text())
+    return calibrations.calibration_of(doc, key, reference_sha256)
 
 
 # --- digests: what training tags and the stream recomputes --------------------------------------

@@ -96,6 +96,7 @@ class DriftCollector(Collector):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], float(value))
             yield counter
+        yield from _preparation(c)
         yield _gauge(
             "stopdrift_drift_open_windows",
             "Drift windows open (waiting for events)",
@@ -116,6 +117,31 @@ class DriftCollector(Collector):
         )
         if m.latest:
             yield from _window(m.latest)
+
+
+def _preparation(c: Any) -> Iterator[Metric]:
+    """Model versions the coordinator could not prepare: their windows go untested."""
+    unprepared = getattr(c, "unpreparable", {})
+    yield _gauge(
+        "stopdrift_drift_versions_unprepared",
+        "Model versions that could not be prepared (reference or calibration): their windows "
+        "are reported untested",
+        len(unprepared),
+    )
+    skipped = CounterMetricFamily(
+        "stopdrift_drift_partials_skipped",
+        "Partials of unprepared model versions, counted but not tested, by reason",
+        labels=["reason"],
+    )
+    for reason, count in sorted(getattr(c.monitor, "partials_skipped", {}).items()):
+        skipped.add_metric([reason], float(count))
+    yield skipped
+    computed = CounterMetricFamily(
+        "stopdrift_drift_calibrations_computed",
+        "Calibrations this worker computed (none saved or stored for its drift settings)",
+    )
+    computed.add_metric([], float(getattr(c, "calibrations_computed", 0)))
+    yield computed
 
 
 def _window(latest: dict[str, Any]) -> Iterator[Metric]:
