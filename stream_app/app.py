@@ -294,7 +294,9 @@ def create_app(
     @app.on_partitions_revoked.connect
     async def revoked(sender, revoked, **kwargs) -> None:
         coordinator.active = False  # until the next assignment says otherwise
-        progress.forget(tp.partition for tp in revoked if tp.topic == settings.topics.raw)
+        gone = [tp.partition for tp in revoked if tp.topic == settings.topics.raw]
+        progress.forget(gone)
+        runtime.metrics.forget_partitions(gone)
 
     @app.timer(interval=TICK_SECONDS, name="drift_tick")
     async def drift_tick() -> None:

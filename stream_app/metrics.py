@@ -205,6 +205,12 @@ class WorkerMetrics:
             self.model_version.labels(name).set(float(version))
         self.model_loaded.set(1)
 
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop the lag series of input partitions this worker no longer owns (revoked): left
+        behind, a stale value would be summed with the new owner's lag for ever."""
+        for partition in partitions:
+            self.lag.remove(str(partition))
+
     def record_rejection(self, version: str, reason: str) -> None:
         """``ModelWatch``'s ``on_reject``: count the refusal by reason, show the version."""
         self.champion_rejections.labels(
