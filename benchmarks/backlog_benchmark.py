@@ -95,6 +95,18 @@ class Records:
         return self.rows
 
 
+def children_rss_mb(pid: int) -> float:
+    """Resident memory of a process's children (the worker's report service)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            status = Path(f"/proc/{child}/status")
+            if status.exists():
+                fields = dict(x.split(":", 1) for x in status.read_text().splitlines() if ":" in x)
+                total += int(fields["VmRSS"].split()[0]) / 1024
+    return total
+
+
 def run_stream(name: str, n: int, evs: list[dict], base: Path, quick_train: bool) -> dict:
     logs = base / name / "logs"
     broker = servers.broker(servers.free_port(), logs).start()
@@ -121,12 +133,13 @@ def run_stream(name: str, n: int, evs: list[dict], base: Path, quick_train: bool
         expected = n // settings.window_events
         started = time.monotonic()
         worker = WorkerProc(settings, logs, 1)
-        peak_rss, max_paused = 0.0, 0.0
+        peak_rss, peak_children, max_paused = 0.0, 0.0, 0.0
         deadline = started + 3600
         while len(windows.drain()) < expected:
             if worker.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{len(windows.rows)} of {expected} windows; see {logs}")
             peak_rss = max(peak_rss, worker.rss_mb()["VmRSS"])
+            peak_children = max(peak_children, children_rss_mb(worker.proc.pid))
             text = scrape(worker.metrics_port)
             paused = sample(text, "stopdrift_paused_partitions")
             max_paused = max(max_paused, paused if paused == paused else 0.0)
@@ -144,6 +157,7 @@ def run_stream(name: str, n: int, evs: list[dict], base: Path, quick_train: bool
                 Counter(f for a in alerts.rows for f in a.get("drifted_features", []))
             ),
             "peak_rss_mb": round(peak_rss, 1),
+            "peak_report_service_rss_mb": round(peak_children, 1),
             "max_paused_partitions": max_paused,
             "seconds_to_last_window": round(seconds, 1),
             "events_per_s_incl_startup": round(n / seconds),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from pathlib import Path
 
 import faust
@@ -76,7 +75,9 @@ def alignment_skew(settings: Settings) -> int:
     """
     room = settings.max_open_windows * settings.window_events
     overshoot = (STREAM_BUFFER + settings.batch_max_events) * settings.partitions
-    return max(room - overshoot, settings.window_events) // 2
+    # Never below one window: the partition that holds the lowest open window's missing events
+    # must not be held itself.
+    return max(room - overshoot, 2 * settings.window_events) // 2
 
 
 def transport_error(exc: BaseException) -> bool:
@@ -189,7 +190,7 @@ def create_app(
     def align() -> None:
         """Pause the partitions that ran too far ahead; resume the others (see progress.py).
         The coordinator's horizon counts too when this worker coordinates."""
-        horizon = coordinator.monitor.horizon(time.time()) if coordinator.active else None
+        horizon = coordinator.horizon if coordinator.active else None
         pause = progress.to_pause(horizon)
         own = own_raw_partitions()
         hold = {tp for tp in own if tp.partition in pause}

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -118,6 +119,10 @@ class Coordinator:
         self.cache = CalibrationCache(settings.runs_dir / "calibration", settings.model_name)
         self.active = False
         self.lock = asyncio.Lock()
+        # One thread, always the same, for the drift core (as the scorer has its own): the
+        # monitor is touched by one thread at a time, under ``lock``.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
+        self.horizon: int | None = None  # first seq of the lowest open window, for alignment
         self.models: dict[str, VersionModel] = {}  # version -> calibrated model (kept)
         self.frames: dict[str, pd.DataFrame] = {}  # version -> reference frame (reports)
         self.unpreparable: dict[str, tuple[str, str]] = {}  # version -> (kind, detail)
@@ -169,16 +174,32 @@ class Coordinator:
             async with self.lock:
                 if not self.active:  # stood down meanwhile: the new owner reads them again
                     return total
-                effects = Effects()
+                run = []
                 while done < len(partials):
                     version = _version(partials[done])
                     if version is not None and not self._sync(version):
                         break  # a version to wait for, without the lock
-                    effects += self._ingest(partials[done])
+                    run.append(partials[done])
                     done += 1
+                effects = await self._off_loop(self._ingest_all, run)
                 await self._publish(effects, write, table)
             total += effects
         return total
+
+    async def _off_loop(self, work: Callable[..., Effects], *args: Any) -> Effects:
+        """Run the drift core's work (counting, testing: tens of microseconds per event) on the
+        coordinator's own thread, so Faust's event loop keeps fetching and acking meanwhile;
+        then note the horizon the workers align on."""
+        loop = asyncio.get_running_loop()
+        effects = await loop.run_in_executor(self._thread, work, *args)
+        self.horizon = self.monitor.horizon(self.clock())
+        return effects
+
+    def _ingest_all(self, partials: list[dict[str, Any]]) -> Effects:
+        effects = Effects()
+        for partial in partials:
+            effects += self._ingest(partial)
+        return effects
 
     def _ingest(self, partial: dict[str, Any]) -> Effects:
         try:
@@ -199,7 +220,7 @@ class Coordinator:
             if not self.active:
                 return Effects()
             try:
-                effects = self.monitor.tick(self.clock())
+                effects = await self._off_loop(self.monitor.tick, self.clock())
             except Exception:  # never let the timer take the app down
                 log.exception("drift tick failed")
                 return Effects()
