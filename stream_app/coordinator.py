@@ -48,6 +48,7 @@ from stopdrift_common.errors import UserError
 from stopdrift_common.registry import UnverifiedArtifacts, load_calibration, load_reference
 from stopdrift_common.schema import MODEL_FEATURES, TARGET
 from stopdrift_common.settings import Settings
+from stream_app.drift_metrics import drift_snapshot
 
 log = logging.getLogger("stopdrift.worker")
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -272,6 +273,8 @@ class Coordinator:
         tested = [w for w in effects.windows if w["tested"]]
         if tested:
             self.last_tested_at = tested[-1]["closed_at"]
+        # /metrics reads this from its HTTP thread: a copy swapped in whole, never the live state.
+        self.metrics_snapshot = drift_snapshot(self)
 
     def _queue_reports(self, effects: Effects) -> None:
         """Hand the windows' rows to the report writer: a queue append, no disk; whatever goes

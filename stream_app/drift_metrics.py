@@ -1,8 +1,9 @@
-"""Prometheus view of the drift coordinator: a custom Collector that reads the coordinator on
-each scrape and yields fresh metric families. Nothing is stored in prometheus_client itself,
-so a new champion (new thresholds) never leaves stale label children behind, and only the
-worker that coordinates exports drift gauges (the others export ``stopdrift_drift_coordinator
-0``).
+"""Prometheus view of the drift coordinator: a custom Collector that yields the metric families
+the coordinator last published (an immutable snapshot built on the event loop after each merge
+or tick: a scrape runs on the HTTP server's thread and never reads the live monitor). Nothing
+is stored in prometheus_client itself, so a new champion (new thresholds) never leaves stale
+label children behind, and only the worker that coordinates exports drift gauges (the others
+export ``stopdrift_drift_coordinator 0``).
 
 The gauges describe the LAST TESTED window; ``stopdrift_drift_last_tested_window_timestamp_
 seconds`` says when it closed, so alert rules can ignore a stale window. Labels are bounded:
@@ -20,6 +21,7 @@ class.
 ...                   "scales": {"1": {"threshold": 5.0, "evidence": {"state.distribution": 9.0,
 ...                                    "prediction.distribution": 1.0}}},
 ...                   "effects": {}}
+>>> Fake.metrics_snapshot = drift_snapshot(Fake)  # the coordinator's, after each merge or tick
 >>> registry = CollectorRegistry()
 >>> registry.register(DriftCollector(Fake()))
 >>> registry.get_sample_value("stopdrift_drift_evidence", {"feature": "state", "scale": "1"})
@@ -41,6 +43,13 @@ from prometheus_client.registry import Collector
 from drift.detector import feature_of
 
 
+def drift_snapshot(coordinator: Any) -> tuple[Metric, ...]:
+    """What ``DriftCollector`` serves until the next one: built at the end of
+    ``Coordinator._publish`` (under its lock, the monitor at rest), never changed after, so a
+    scrape sees one merge's or tick's state whole."""
+    return tuple(DriftCollector.families(coordinator))
+
+
 def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None):
     g = GaugeMetricFamily(name, doc, labels=list(labels or {}))
     if value is not None:
@@ -56,13 +65,20 @@ class DriftCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self.coordinator
+        active = bool(c.active)
         yield _gauge(
             "stopdrift_drift_coordinator",
             "1 on the worker that runs its group's drift coordinator",
-            1.0 if c.active else 0.0,
+            1.0 if active else 0.0,
         )
-        if not c.active:
-            return
+        if active:
+            # This runs on the HTTP server's thread while the coordinator changes the monitor
+            # (on its own thread): read only the copy it swaps in whole after each merge or tick.
+            yield from getattr(c, "metrics_snapshot", ())
+
+    @staticmethod
+    def families(c: Any) -> Iterator[Metric]:
+        """The drift families of ``c``'s live state: on the event loop only (drift_snapshot)."""
         m = c.monitor
         windows = CounterMetricFamily(
             "stopdrift_drift_windows", "Closed drift windows by outcome", labels=["outcome"]
