@@ -4,7 +4,10 @@ Window ``k`` holds the events whose producer sequence number ``seq`` is in
 ``[k * W, (k + 1) * W)``: the same events whatever partition, batch, worker or speed they came
 through. A window closes when the first of these happens:
 
-- ``full``: it holds W events (valid ones and rejected ones that carry a seq);
+- ``full``: it holds W events (valid ones and rejected ones that carry a seq); never more: when
+  seqs repeat (two producers at once, a restarted producer, a client that always sends the same
+  seq) the events past W open the key's next generation, so a window's size never depends on how
+  the batches were cut;
 - ``watermark``: every partition that holds the watermark has delivered an event at or past its
   last seq (the events it still lacks were lost, e.g. dead-lettered without a readable seq);
   which partitions hold it is the monitor's call (``drift.monitor``: by progress, not time);
@@ -215,7 +218,9 @@ class WindowBook:
         self.keep_markers = keep_markers
         self.row_limit = window_events if row_limit is None else row_limit
         self.open: dict[int, Window] = {}
-        self.pending: dict[int, Window] = {}  # closed, waiting for the windows before them
+        # closed, waiting for the windows before them: (key, generation) -> window (a key whose
+        # seqs repeat can have several full generations waiting)
+        self.pending: dict[tuple[int, int], Window] = {}
         self.markers: OrderedDict[int, Window] = OrderedDict()  # tested (counts kept, no rows)
         self.duplicates = 0  # events skipped as already counted
         self.dirty: set[int] = set()  # keys whose saved state changed (``changes``)
@@ -225,7 +230,7 @@ class WindowBook:
     def add(self, events: Events, floors: dict[int, int], now: float) -> int:
         """Count new events (skipping ones already counted); return how many were new.
         Windows that became full move to ``pending``; a late event for a window that closed
-        but is not tested yet still joins it."""
+        but is not tested yet still joins it while it has room."""
         n_valid = len(events.partition)
         part = np.concatenate([events.partition, events.reject_partition])
         pos = np.concatenate([events.position, events.reject_position])
@@ -240,50 +245,82 @@ class WindowBook:
         new = 0
         for key in np.unique(keys[keys >= 0]).tolist():
             sel = np.flatnonzero(keys == key)
-            window = self.open.get(key) or self.pending.get(key)
-            marker = self.markers.get(key)
-            base = window.upto if window else (marker.upto if marker else {})
+            newest = self._newest(key)
+            base = newest.upto if newest else {}
             limit = np.array(
                 [max(floors.get(p, 0), base.get(p, 0)) for p in part[sel].tolist()], dtype=np.int64
             )
             keep = sel[pos[sel] >= limit]
             self.duplicates += len(sel) - len(keep)
-            if len(keep) == 0:
-                continue
-            if window is None:  # new, or a new generation of a tested window (seq reused)
-                window = Window(
-                    key,
-                    marker.generation + 1 if marker else 0,
-                    Counts.empty(self.layout),
-                    dict(base),
-                    now,
-                    now,
-                )
-                self.open[key] = window
-            valid = keep[keep < n_valid]
-            if len(valid):
-                window.counts = window.counts + Counts.from_codes(
-                    events.codes[valid], events.confidence[valid], self.layout
-                )
-                self._keep_rows(window, events, valid)
-            rejected = (keep[keep >= n_valid] - n_valid).tolist()
-            if rejected:
-                window.counts.add_rejects(
-                    [events.reject_field[i] for i in rejected],
-                    [events.reject_reason[i] for i in rejected],
-                )
-            kept_part, kept_pos = part[keep], pos[keep]
-            for p in np.unique(kept_part).tolist():
-                last = int(kept_pos[kept_part == p].max())
-                window.upto[p] = max(window.upto.get(p, 0), last + 1)
-            window.last_event_at = now
             new += len(keep)
-            self.dirty.add(key)
-            if window.closed_by is None and window.size >= self.window_events:
-                self._close(key, "full", now)
+            while len(keep):  # in batch order, at most W per window
+                window = self._target(key, now)
+                take, keep = np.split(keep, [self.window_events - window.size])
+                self._count(window, events, take, part, pos, n_valid, now)
+                if window.closed_by is None and window.size >= self.window_events:
+                    self._close(key, "full", now)
         while len(self.open) > self.max_open:
             self._close(min(self.open), "capacity", now)
         return new
+
+    def _newest(self, key: int) -> Window | None:
+        """The key's newest generation: open, else closed and untested, else tested."""
+        if key in self.open:
+            return self.open[key]
+        waiting = self._pending_of(key)
+        return waiting[-1] if waiting else self.markers.get(key)
+
+    def _pending_of(self, key: int) -> list[Window]:
+        return [self.pending[k] for k in sorted(self.pending) if k[0] == key]
+
+    def _target(self, key: int, now: float) -> Window:
+        """The window the key's next event joins: the open one, else a closed untested one with
+        room (a late event), else a new generation (new key, or its seqs were reused)."""
+        if key in self.open:
+            return self.open[key]
+        waiting = self._pending_of(key)
+        if waiting and waiting[-1].size < self.window_events:
+            return waiting[-1]
+        newest = waiting[-1] if waiting else self.markers.get(key)
+        window = Window(
+            key,
+            newest.generation + 1 if newest else 0,
+            Counts.empty(self.layout),
+            dict(newest.upto) if newest else {},
+            now,
+            now,
+        )
+        self.open[key] = window
+        return window
+
+    def _count(
+        self,
+        window: Window,
+        events: Events,
+        take: np.ndarray,
+        part: np.ndarray,
+        pos: np.ndarray,
+        n_valid: int,
+        now: float,
+    ) -> None:
+        valid = take[take < n_valid]
+        if len(valid):
+            window.counts = window.counts + Counts.from_codes(
+                events.codes[valid], events.confidence[valid], self.layout
+            )
+            self._keep_rows(window, events, valid)
+        rejected = (take[take >= n_valid] - n_valid).tolist()
+        if rejected:
+            window.counts.add_rejects(
+                [events.reject_field[i] for i in rejected],
+                [events.reject_reason[i] for i in rejected],
+            )
+        taken_part, taken_pos = part[take], pos[take]
+        for p in np.unique(taken_part).tolist():
+            last = int(taken_pos[taken_part == p].max())
+            window.upto[p] = max(window.upto.get(p, 0), last + 1)
+        window.last_event_at = now
+        self.dirty.add(window.key)
 
     def _keep_rows(self, window: Window, events: Events, valid: np.ndarray) -> None:
         room = self.row_limit - window.n_rows
@@ -297,7 +334,7 @@ class WindowBook:
     def _close(self, key: int, by: str, now: float) -> None:
         window = self.open.pop(key)
         window.closed_by, window.closed_at = by, now
-        self.pending[key] = window
+        self.pending[key, window.generation] = window
         self.dirty.add(key)
 
     def close_through(self, watermark: int, now: float) -> None:
@@ -315,10 +352,10 @@ class WindowBook:
         marker: call ``predecessors`` for a window's merged tests before the next ``ready``."""
         lowest_open = min(self.open, default=None)
         out = []
-        for key in sorted(self.pending):
+        for key, generation in sorted(self.pending):
             if lowest_open is not None and key > lowest_open:
                 break
-            window = self.pending.pop(key)
+            window = self.pending.pop((key, generation))
             self.markers[key] = Window(
                 window.key,
                 window.generation,
@@ -356,18 +393,23 @@ class WindowBook:
         closing (closed, not tested yet) or tested; None: forget the key."""
         out: dict[int, dict[str, Any] | None] = {}
         for key in sorted(self.dirty):
-            for state, book in (
-                ("open", self.open),
-                ("closing", self.pending),
-                ("tested", self.markers),
-            ):
-                if key in book:
-                    out[key] = {"state": state, **book[key].to_dict()}
-                    break
-            else:
-                out[key] = None
+            out[key] = self._record(key)
         self.dirty.clear()
         return out
+
+    def _record(self, key: int) -> dict[str, Any] | None:
+        """One record per key: its newest generation, with the older closed untested ones of
+        a key whose seqs repeat under ``closing``."""
+        waiting = [w.to_dict() for w in self._pending_of(key)]
+        if key in self.open:
+            state, window = "open", self.open[key].to_dict()
+        elif waiting:
+            state, window = "closing", waiting.pop()
+        elif key in self.markers:
+            state, window = "tested", self.markers[key].to_dict()
+        else:
+            return None
+        return {"state": state, **window, **({"closing": waiting} if waiting else {})}
 
     def restore(self, saved: dict[int, dict[str, Any]], now: float) -> None:
         """Rebuild the windows from ``changes`` records (the coordinator's table). Open windows
@@ -375,11 +417,17 @@ class WindowBook:
         self.open.clear()
         self.pending.clear()
         self.markers.clear()
-        books = {"open": self.open, "closing": self.pending, "tested": self.markers}
         by_close = sorted(saved.items(), key=lambda kv: kv[1].get("closed_at") or 0.0)
         for key, record in by_close:
+            for older in record.get("closing", []):
+                window = Window.from_dict(int(key), older, self.layout)
+                self.pending[int(key), window.generation] = window
             window = Window.from_dict(int(key), record, self.layout)
             if record["state"] == "open":
                 window.last_event_at = now
-            books[record["state"]][int(key)] = window
+                self.open[int(key)] = window
+            elif record["state"] == "closing":
+                self.pending[int(key), window.generation] = window
+            else:
+                self.markers[int(key)] = window
         self.dirty.clear()
