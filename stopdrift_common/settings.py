@@ -16,11 +16,12 @@ setting window_events (STOPDRIFT_WINDOW_EVENTS): Input should be greater than or
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stopdrift_common.errors import UserError
@@ -33,6 +34,18 @@ ALIASES = {
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
 }
 
+
+# A name that becomes part of Kafka topic names (drift.partials.<worker_id>, Faust's
+# <worker_id>-...-changelog) and of folder and file names under runs/: Kafka's topic characters
+# only, and a letter or digit first (no ".", "..", hidden folder or name that reads as an option).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Kafka allows 249 characters per topic name; the longest one built from worker_id adds about 70.
+MAX_WORKER_ID = 100
+MAX_SEED = 2**32 - 1  # NumPy's RandomState, pandas' random_state and PyCaret's session_id
+# MLflow's alias characters; it reserves "latest" and "v<N>" and refuses them when they are set.
+ALIAS = re.compile(r"[A-Za-z0-9_-]+")
+RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
+BROKER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
 
 WINDOWS_TABLE = "drift-windows"  # the coordinator's Faust table of open windows (a prefix)
 
@@ -66,7 +79,7 @@ class Settings(BaseSettings):
     # Data and outputs. Commands read data_dir and write only under runs_dir.
     data_dir: Path = Field(PROJECT_ROOT / "data", description="where the OPP CSVs are read")
     runs_dir: Path = Field(PROJECT_ROOT / "runs", description="where every output is written")
-    seed: int = Field(42, description="seed of every random draw")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="seed of every random draw")
 
     # MLflow: tracking server and registry contract.
     mlflow_tracking_uri: str = Field(
@@ -83,8 +96,9 @@ class Settings(BaseSettings):
         None, description="MLflow artifact store (default runs/mlflow/artifacts)"
     )
     experiment_name: str = Field("stopdrift", min_length=1)
-    model_name: str = Field("stopdrift-race-classifier", min_length=1)
-    model_alias: str = Field("champion", min_length=1)
+    # In MLflow URIs (models:/NAME@ALIAS) and in the calibration cache's file names.
+    model_name: str = Field("stopdrift-race-classifier", min_length=1, max_length=100)
+    model_alias: str = Field("champion", min_length=1, max_length=255)
 
     # Kafka. None: the project's embedded broker (started by `stopdrift broker` / `demo`).
     kafka_bootstrap_servers: str | None = Field(
@@ -97,7 +111,12 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="partitions of stops.raw")
 
     # Worker.
-    worker_id: str = Field("stopdrift-worker", min_length=1, description="consumer group")
+    worker_id: str = Field(
+        "stopdrift-worker",
+        min_length=1,
+        max_length=MAX_WORKER_ID,
+        description="consumer group (also in topic and folder names: letters, digits, . _ -)",
+    )
     worker_web_host: str = Field("127.0.0.1", description="address the worker's ports bind")
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Faust web port")
     metrics_port: int = Field(8000, ge=1, le=65535, description="Prometheus /metrics port")
@@ -149,6 +168,35 @@ class Settings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             raise UserError(one_line(exc)) from None
+
+    @field_validator("worker_id", "model_name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not SAFE_NAME.fullmatch(name):
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-', starting with a letter or digit "
+                "(it becomes part of topic, folder and file names)"
+            )
+        return name
+
+    @field_validator("model_alias")
+    @classmethod
+    def _alias_not_reserved(cls, alias: str) -> str:
+        if not ALIAS.fullmatch(alias):
+            raise ValueError("use letters, digits, '_' and '-' (MLflow's alias characters)")
+        if RESERVED_ALIAS.fullmatch(alias):
+            raise ValueError("MLflow reserves this alias ('latest' and 'v<N>')")
+        return alias
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _brokers(cls, servers: str | None) -> str | None:
+        # Checked here: a malformed address would only show later as "no Kafka broker".
+        for address in servers.split(",") if servers else []:  # empty: the embedded broker
+            m = BROKER.fullmatch(address.strip())
+            if m is None or not 1 <= int(m.group(2)) <= 65535:
+                raise ValueError("expected host:port[,host:port] (port 1-65535)")
+        return servers
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
