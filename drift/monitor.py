@@ -51,7 +51,7 @@ from drift.calibration import CODE_VERSION, FORMAT_VERSION, Calibration, size_gr
 from drift.counts import CONFIDENCE_COLUMN, LABEL_COLUMN, PREDICTED_COLUMN, Counts, Layout
 from drift.detector import SCALES, Detector, Verdict
 from drift.family import Family
-from drift.windows import Events, Window, WindowBook
+from drift.windows import RECORD_SCHEMA, Events, Window, WindowBook
 
 STATE_PREFIX = "w/"
 log = logging.getLogger(__name__)
@@ -552,6 +552,17 @@ class DriftMonitor:
                     read, end = progress or (-1, -1)  # saved before progress reports
                     self.partitions[int(p)] = _Partition(int(pos), int(seq), now, read, end)
             elif key.startswith(STATE_PREFIX):
+                # No "schema": written before the field, in schema 1's layout.
+                schema = record.get("schema", 1) if isinstance(record, dict) else None
+                if schema != RECORD_SCHEMA:  # another release's: misread, it would crash or lie
+                    log.warning(
+                        "window record %s skipped on restore: schema %r, this release reads %d "
+                        "(its window starts over)",
+                        key,
+                        schema,
+                        RECORD_SCHEMA,
+                    )
+                    continue
                 version, _, k = key[len(STATE_PREFIX) :].rpartition("/")
                 self._saved.setdefault(version, {})[int(k)] = record
                 windows += 1

@@ -58,6 +58,10 @@ import pandas as pd
 
 from drift.counts import Counts, Layout
 
+# Of the window records ``Window.to_dict`` writes to the coordinator's table: bump it when they
+# change, so a restore skips what another release wrote instead of misreading it.
+RECORD_SCHEMA = 1
+
 POSITION_BITS = 10  # positions: (offset << 10) | index of the event in its message (< 1024)
 
 
@@ -160,6 +164,7 @@ class Window:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema": RECORD_SCHEMA,
             "generation": self.generation,
             "counts": self.counts.to_dict(),
             "upto": self.upto,
