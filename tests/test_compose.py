@@ -36,18 +36,26 @@ PROM_COMPOSE = MONITORING / "prometheus-compose.yml"
 SECRETS = ("GRAFANA_ADMIN_PASSWORD", "POSTGRES_PASSWORD")
 # Jobs that run once and exit; every other service is long-running.
 ONE_SHOT = {"topics", "trainer", "producer"}
-# Each service of our image and the subcommand it must run.
+# Each service of our image that runs our CLI, and the subcommand it must run.
 OUR_SERVICES = {
     "topics": "topics",
-    "mlflow": "mlflow",
     "trainer": "train",
     "worker": "worker",
     "producer": "produce",
     "drift-view": "ui",
 }
+# Services of our image that run MLflow's own server (`mlflow server`, what `stopdrift mlflow`
+# starts): its store URI, which holds the Postgres password, must not be on a command line.
+MLFLOW_SERVICES = {"mlflow"}
 # Variables our image's services may set that are not stopdrift settings: read by a program
 # that our command starts (checked to exist in the installed package below).
-THIRD_PARTY_ENV = {"mlflow": {"MLFLOW_SERVER_ALLOWED_HOSTS"}}
+THIRD_PARTY_ENV = {
+    "mlflow": {
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_SERVER_ALLOWED_HOSTS",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+    }
+}
 
 
 # --- running docker-compose ------------------------------------------------------------------
@@ -209,14 +217,16 @@ def ours(services: dict[str, dict]) -> dict[str, dict]:
 def test_renders_and_has_every_part(services: dict[str, dict]):
     assert set(services) == {
         *OUR_SERVICES,
+        *MLFLOW_SERVICES,
         "kafka",
         "postgres",
         "prometheus",
         "alertmanager",
         "grafana",
     }
-    assert set(ours(services)) == set(OUR_SERVICES), "services built from our Dockerfile"
-    for name in OUR_SERVICES:
+    built = {*OUR_SERVICES, *MLFLOW_SERVICES}
+    assert set(ours(services)) == built, "services built from our Dockerfile"
+    for name in built:
         build = services[name]["build"]
         context = build if isinstance(build, str) else build["context"]
         assert Path(context).resolve() == PROJECT_ROOT.resolve(), name
@@ -290,14 +300,23 @@ def test_no_default_credentials(services: dict[str, dict], env_values: dict[str,
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] not in ("", "admin")
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == env_values["GRAFANA_ADMIN_PASSWORD"]
     assert environment(services["postgres"])["POSTGRES_PASSWORD"] == env_values["POSTGRES_PASSWORD"]
-    uri = as_list(services["mlflow"]["command"])
-    store = uri[uri.index("--backend-store-uri") + 1]
-    parsed = urlparse(store)
+    parsed = urlparse(environment(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"])
     assert parsed.hostname == "postgres"
     assert parsed.password == env_values["POSTGRES_PASSWORD"]
     raw = COMPOSE_FILE.read_text()
     for key in SECRETS:
         assert re.search(r"\$\{" + key + r":\?[^}]*\.env", raw), f"{key} must be required"
+
+
+def test_no_secret_on_a_command_line(services: dict[str, dict], env_values: dict[str, str]):
+    """What a container runs is in every host user's `ps`: secrets go through the environment."""
+    for name, service in services.items():
+        check = as_list((service.get("healthcheck") or {}).get("test"))
+        shown = " ".join(
+            [*as_list(service.get("entrypoint")), *as_list(service.get("command")), *check]
+        )
+        for key in SECRETS:
+            assert env_values[key] not in shown, f"{name} shows {key} on its command line"
 
 
 def test_compose_refuses_to_render_without_the_env_file(tmp_path: Path):
@@ -359,7 +378,7 @@ def test_our_commands_parse_and_their_settings_exist(
             monkeypatch.setenv(key, value)
         settings = settings_from_args(args)  # raises on an invalid value
         assert str(settings.runs_dir) == env["STOPDRIFT_RUNS_DIR"]
-        if name != "mlflow" and name != "drift-view":
+        if name != "drift-view":
             assert settings.bootstrap == "kafka:9092", name
             assert settings.mlflow_tracking_uri == "http://mlflow:5001", name
         monkeypatch.undo()
@@ -399,10 +418,25 @@ def test_kafka_listeners(services: dict[str, dict]):
     assert mounts(services["postgres"])[0][:2] == ("postgres-data", "/var/lib/postgresql/data")
 
 
+def test_mlflow_runs_its_own_server_with_options_it_has(services: dict[str, dict]):
+    """The service runs `mlflow server` from the image, with options and variables the
+    installed MLflow's command reads (parsed by that command itself)."""
+    from mlflow.cli import server
+
+    cmd = argv(services["mlflow"])
+    assert cmd[:2] == ["mlflow", "server"], cmd
+    server.make_context("server", cmd[2:])  # raises on an unknown option or a bad value
+    variables = {p.envvar for p in server.params if p.envvar}
+    assert "MLFLOW_BACKEND_STORE_URI" in variables
+    env = environment(services["mlflow"])
+    assert "MLFLOW_BACKEND_STORE_URI" in env
+    assert set(env) <= THIRD_PARTY_ENV["mlflow"], "variables the installed mlflow reads"
+
+
 def test_mlflow_serves_the_others(services: dict[str, dict]):
     cmd = as_list(services["mlflow"]["command"])
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
-    artifacts = cmd[cmd.index("--artifacts-dir") + 1]
+    artifacts = cmd[cmd.index("--artifacts-destination") + 1]
     assert ("mlflow-artifacts", artifacts) in {(s, t) for s, t, _ in mounts(services["mlflow"])}
     port = int(cmd[cmd.index("--port") + 1]) if "--port" in cmd else 5001
     # MLflow 3 refuses a Host header it does not allow (fnmatch patterns, comma-separated).
@@ -418,8 +452,7 @@ def test_mlflow_serves_the_others(services: dict[str, dict]):
 def test_mlflow_store_driver_is_in_the_image(services: dict[str, dict]):
     """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3: the URI names the driver that the
     image installs from the lock (psycopg2-binary)."""
-    cmd = as_list(services["mlflow"]["command"])
-    scheme = urlparse(cmd[cmd.index("--backend-store-uri") + 1]).scheme
+    scheme = urlparse(environment(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"]).scheme
     assert scheme == "postgresql+psycopg2"
     assert re.search(r"^psycopg2-binary==", (PROJECT_ROOT / "requirements.lock").read_text(), re.M)
     assert "pip install --require-hashes --no-deps -r requirements.lock" in dockerfile_instruction(
@@ -460,7 +493,10 @@ def test_every_image_names_an_exact_version(services: dict[str, dict]):
 def test_third_party_variables_exist_in_the_installed_packages():
     spec = importlib.util.find_spec("mlflow")  # located, not imported (that takes seconds)
     assert spec and spec.submodule_search_locations
-    source = (Path(spec.submodule_search_locations[0]) / "environment_variables.py").read_text()
+    package = Path(spec.submodule_search_locations[0])
+    # Its environment variables, and those its CLI's options read (`envvar=`).
+    source = (package / "environment_variables.py").read_text()
+    source += (package / "cli" / "__init__.py").read_text()
     for name in THIRD_PARTY_ENV["mlflow"]:
         assert f'"{name}"' in source, f"the installed mlflow does not read {name}"
 
