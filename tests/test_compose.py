@@ -501,6 +501,22 @@ def test_third_party_variables_exist_in_the_installed_packages():
         assert f'"{name}"' in source, f"the installed mlflow does not read {name}"
 
 
+def test_alertmanager_config_is_the_deployers_choice(
+    tmp_path: Path, services: dict[str, dict], env_values: dict[str, str]
+):
+    """The demo's config by default (critical alerts to "oncall", which has no endpoint); a
+    deployment names its own with ALERTMANAGER_CONFIG (see alertmanager-oncall.example.yml)."""
+    target = "/etc/alertmanager/alertmanager.yml"
+    (source,) = [s for s, t, _ in mounts(services["alertmanager"]) if t == target]
+    assert Path(source).resolve() == (MONITORING / "alertmanager.yml").resolve()
+    mine = tmp_path / "oncall.yml"
+    env_file = write_env(tmp_path / "oncall.env", {**env_values, "ALERTMANAGER_CONFIG": str(mine)})
+    done = compose_config(env_file)
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)["services"]["alertmanager"]
+    assert (str(mine), target) in {(s, t) for s, t, _ in mounts(rendered)}
+
+
 def test_grafana_provisioning(services: dict[str, dict]):
     grafana = services["grafana"]
     env = environment(grafana)

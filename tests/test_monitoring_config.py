@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -82,6 +83,37 @@ def test_alertmanager_config_routes_and_inhibits():
     inhibit = config["inhibit_rules"][0]
     assert inhibit["source_matchers"] == ['alertname="StopdriftWorkerDown"']
     assert "drift" in inhibit["target_matchers"][0]
+
+
+def receivers(config: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in config["receivers"]}
+
+
+def integrations(receiver: dict) -> dict[str, list]:
+    return {k: v for k, v in receiver.items() if k.endswith("_configs") and v}
+
+
+def test_no_receiver_posts_where_nobody_listens():
+    """The demo's receivers have no endpoint (alerts stay visible in the API) rather than a dead
+    one; a deployment's example routes critical alerts to a real endpoint, with the same routes
+    and inhibitions, and both pass amtool."""
+    amtool = tool("amtool")
+    demo = yaml.safe_load((MONITORING / "alertmanager.yml").read_text())
+    example_file = "alertmanager-oncall.example.yml"
+    run(amtool, "check-config", example_file)
+    example = yaml.safe_load((MONITORING / example_file).read_text())
+    for name, receiver in receivers(demo).items():
+        assert not integrations(receiver), f"the demo's {name} posts to {integrations(receiver)}"
+
+    assert example["route"] == demo["route"] and example["inhibit_rules"] == demo["inhibit_rules"]
+    assert receivers(example)["default"] == receivers(demo)["default"]
+    out = run(
+        amtool, "config", "routes", "test", f"--config.file={example_file}", "severity=critical"
+    )
+    assert out.strip().splitlines()[0] == "oncall"
+    (webhook,) = integrations(receivers(example)["oncall"])["webhook_configs"]
+    host = urlparse(webhook["url"]).hostname
+    assert host and host not in ("127.0.0.1", "localhost", "::1"), webhook["url"]
 
 
 def test_dashboard_json_is_the_builder_output_and_every_query_parses(tmp_path: Path):
