@@ -37,6 +37,10 @@ TICK_SECONDS = 1.0
 # Messages Faust buffers per input topic. They still arrive after their partition is paused
 # (alignment), so this bounds the overshoot: kept small beside max_open_windows' seqs.
 STREAM_BUFFER = 4096
+MAX_POLL_RECORDS = 5000
+# Messages of a partition that can still arrive after it is held: one poll's worth fetched, and
+# what the stream buffer holds.
+LOOKAHEAD = STREAM_BUFFER + MAX_POLL_RECORDS
 RESET_EXIT_SECONDS = 10.0  # long enough for Prometheus to scrape the reset before the exit
 
 
@@ -52,7 +56,7 @@ def faust_settings(settings: Settings) -> dict:
         broker_session_timeout=6,  # a group join takes about half the session timeout
         broker_heartbeat_interval=2,
         broker_rebalance_timeout=12,
-        broker_max_poll_records=5000,
+        broker_max_poll_records=MAX_POLL_RECORDS,
         stream_buffer_maxsize=STREAM_BUFFER,
         producer_linger=0.0,  # outputs go out as whole batches (BatchWriter): no need to wait
         producer_max_request_size=2 * 1024 * 1024,
@@ -65,19 +69,16 @@ def faust_settings(settings: Settings) -> dict:
 
 
 def alignment_skew(settings: Settings) -> int:
-    """Seqs a partition may run ahead of the slowest one before it is paused. What was fetched
-    or buffered before the pause took effect still arrives (up to a buffer and a batch of that
-    partition's messages, each about ``partitions`` seqs apart on a feed keyed evenly), so half
-    of what the open windows hold beyond that overshoot.
+    """Seqs a partition may reach past the slowest one (counting what it has fetched or
+    buffered already, ``PartitionProgress.lookahead``) before it is paused: half of what the
+    open windows hold, the other half for partials in flight and other workers.
 
-    >>> alignment_skew(Settings())  # 256 windows of 500 seqs, 4 partitions
-    51808
+    >>> alignment_skew(Settings())  # 256 windows of 500 seqs
+    64000
     """
-    room = settings.max_open_windows * settings.window_events
-    overshoot = (STREAM_BUFFER + settings.batch_max_events) * settings.partitions
     # Never below one window: the partition that holds the lowest open window's missing events
     # must not be held itself.
-    return max(room - overshoot, 2 * settings.window_events) // 2
+    return max(settings.max_open_windows * settings.window_events // 2, settings.window_events)
 
 
 def transport_error(exc: BaseException) -> bool:
@@ -107,7 +108,9 @@ def create_app(
     )
     writer = BatchWriter(app)
     coordinator.flush = app.producer.flush
-    progress = PartitionProgress(alignment_skew(settings))
+    progress = PartitionProgress(
+        alignment_skew(settings), LOOKAHEAD + settings.batch_max_events, settings.window_events
+    )
 
     # Window states of the drift coordinator, backed by a changelog topic: the worker that
     # owns the partials partition (after a restart or a rebalance) rebuilds them from Kafka.

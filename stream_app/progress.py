@@ -51,15 +51,29 @@ class PartitionProgress:
     ----------
     max_skew
         Seqs a partition may run ahead of the slowest partition with data still waiting.
+    lookahead
+        Messages of a partition that may still arrive after it is paused (fetched or buffered
+        already). A partition pauses once its latest seq plus that many messages' worth of seqs
+        (at the partition's own density: a partition holding few keys advances many seqs per
+        message) would pass the limit.
+    window
+        Seqs per window: a partition within one window of the floor is never paused (it may
+        hold the lowest open window's last events: pausing it could stall every window).
     """
 
-    def __init__(self, max_skew: int) -> None:
-        if max_skew < 1:
-            raise ValueError(f"max_skew must be at least 1, got {max_skew}")
+    def __init__(self, max_skew: int, lookahead: int = 0, window: int = 1) -> None:
+        if max_skew < 1 or lookahead < 0 or window < 1:
+            raise ValueError(
+                f"need max_skew >= 1, lookahead >= 0, window >= 1: {max_skew}, {lookahead}, "
+                f"{window}"
+            )
         self.max_skew = max_skew
+        self.lookahead = lookahead
+        self.window = window
         self.read: dict[int, int] = {}  # next offset whose outcome is written
         self.end: dict[int, int] = {}  # log end (high-water mark) when last seen
         self.seq: dict[int, int] = {}  # latest seq read
+        self.first: dict[int, tuple[int, int]] = {}  # (offset, seq) first seen: the density
         self._reported: dict[str, list[int]] = {}
 
     def written(
@@ -72,12 +86,14 @@ class PartitionProgress:
         self.seen(end)
         for p, s in seqs.items():
             self.seq[p] = max(self.seq.get(p, -1), s)
+            self.first.setdefault(p, (self.read[p], s))
 
     def started(self, read: Mapping[int, int]) -> None:
         """Partitions assigned to this worker, each with the offset it starts reading at."""
         for p, offset in read.items():
             self.read[p] = offset
             self.seq.pop(p, None)
+            self.first.pop(p, None)
         self._reported = {}
 
     def seen(self, end: Mapping[int, int]) -> None:
@@ -89,7 +105,7 @@ class PartitionProgress:
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions this worker no longer reads (revoked): another worker reports them."""
         for p in partitions:
-            for book in (self.read, self.end, self.seq):
+            for book in (self.read, self.end, self.seq, self.first):
                 book.pop(p, None)
         self._reported = {}
 
@@ -113,13 +129,25 @@ class PartitionProgress:
         return report
 
     def to_pause(self, horizon: int | None = None) -> set[int]:
-        """Partitions to pause now: those whose latest seq is more than ``max_skew`` past the
+        """Partitions to pause now: those that would run more than ``max_skew`` seqs past the
         slowest partition that still has data waiting (or past ``horizon``, the first seq of
-        the coordinator's lowest open window). The slowest one is never paused."""
+        the coordinator's lowest open window). None within a window of that floor is paused."""
         floors = [self.seq[p] for p in self.seq if self.pending(p)]
         if horizon is not None:
             floors.append(horizon)
         if not floors:
             return set()
-        limit = min(floors) + self.max_skew
-        return {p for p, s in self.seq.items() if s > limit and self.pending(p)}
+        floor = min(floors)
+        return {
+            p
+            for p, s in self.seq.items()
+            if self.pending(p)
+            and s > floor + self.window
+            and self._reach(p) > floor + self.max_skew
+        }
+
+    def _reach(self, p: int) -> float:
+        """The seq partition ``p`` may reach once what is fetched or buffered has arrived."""
+        offset, seq = self.first.get(p, (self.read[p], self.seq[p]))
+        density = (self.seq[p] - seq) / max(self.read[p] - offset, 1)  # seqs per message
+        return self.seq[p] + self.lookahead * density
