@@ -259,3 +259,34 @@ def send_paced(settings: Settings, messages: list[tuple[bytes | None, bytes]], r
     for f in futures:
         f.get(10)
     p.close()
+
+
+class FeatureModel:
+    """Predictions that depend on the features (so prediction statistics mean something)."""
+
+    def predict_proba(self, frame):
+        import numpy as np
+
+        x = np.log1p(frame["stops_per_year"].fillna(1000).to_numpy(dtype=float))
+        a = 1 / (1 + np.exp(-(x - 7)))
+        return np.column_stack([a * 0.5, 0.3 * np.ones_like(a), 0.7 - a * 0.5])
+
+
+def feature_champion(version: str = "1"):
+    """A champion as the worker sees it (no MLflow): ``FeatureModel`` and its reference rows,
+    4,053 state events with their predicted probabilities."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from stopdrift_common.schema import CLASSES, MODEL_FEATURES, TARGET
+
+    rows = pd.DataFrame(state_events(4053, loop_seed=7))
+    proba = FeatureModel().predict_proba(rows)
+    ref = rows[[*MODEL_FEATURES, TARGET]].copy()
+    for j, c in enumerate(CLASSES):
+        ref[f"proba_{c}"] = proba[:, j]
+    return SimpleNamespace(
+        model=FeatureModel(), classes=CLASSES, name="m", version=version,
+        reference={"classes": CLASSES}, reference_rows=ref,
+    )  # fmt: skip

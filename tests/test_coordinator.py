@@ -11,28 +11,21 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-from stopdrift_common.schema import CLASSES, MODEL_FEATURES, TARGET, dumps
+from stopdrift_common.schema import dumps
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stream_app.coordinator import Coordinator
 from stream_app.metrics import WorkerMetrics
 from stream_app.outcomes import InMessage
 from stream_app.runtime import WorkerRuntime
-from tests.helpers_stream import state_events
+from tests.helpers_stream import FeatureModel, feature_champion, state_events
 
 WINDOW = 250
 PARTITIONS = 4
 
 
-class Model:
-    """Predictions that depend on the features (so prediction statistics mean something)."""
-
-    def predict_proba(self, frame):
-        x = np.log1p(frame["stops_per_year"].fillna(1000).to_numpy(dtype=float))
-        a = 1 / (1 + np.exp(-(x - 7)))
-        return np.column_stack([a * 0.5, 0.3 * np.ones_like(a), 0.7 - a * 0.5])
+Model = FeatureModel  # (other test modules import it from here)
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +42,7 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def champion():
-    import pandas as pd
-
-    rows = pd.DataFrame(state_events(4053, loop_seed=7))
-    proba = Model().predict_proba(rows)
-    ref = rows[[*MODEL_FEATURES, TARGET]].copy()
-    for j, c in enumerate(CLASSES):
-        ref[f"proba_{c}"] = proba[:, j]
-    return SimpleNamespace(
-        model=Model(), classes=CLASSES, name="m", version="1",
-        reference={"classes": CLASSES}, reference_rows=ref,
-    )  # fmt: skip
+    return feature_champion()
 
 
 class Harness:

@@ -8,42 +8,24 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-import numpy as np
 import orjson
-import pandas as pd
 from prometheus_client import CollectorRegistry
 
-from stopdrift_common.schema import CLASSES, MODEL_FEATURES, TARGET
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stream_app.coordinator import Coordinator
 from stream_app.drift_metrics import DriftCollector
 from stream_app.metrics import WorkerMetrics
 from stream_app.outcomes import InMessage
 from stream_app.runtime import WorkerRuntime
-from tests.helpers_stream import state_events
+from tests.helpers_stream import feature_champion, state_events
 
 WINDOW = 250
 PARTITIONS = 4
 BOUND = 120.0
 
 
-class Model:
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        x = np.log1p(frame["stops_per_year"].fillna(1000).to_numpy(dtype=float))
-        a = 1 / (1 + np.exp(-(x - 7)))
-        return np.column_stack([a * 0.5, 0.3 * np.ones_like(a), 0.7 - a * 0.5])
-
-
 def champion() -> SimpleNamespace:
-    rows = pd.DataFrame(state_events(4053, loop_seed=7))
-    proba = Model().predict_proba(rows)
-    ref = rows[[*MODEL_FEATURES, TARGET]].copy()
-    for j, c in enumerate(CLASSES):
-        ref[f"proba_{c}"] = proba[:, j]
-    return SimpleNamespace(
-        model=Model(), classes=CLASSES, name="m", version="1",
-        reference={"classes": CLASSES}, reference_rows=ref,
-    )  # fmt: skip
+    return feature_champion()
 
 
 def batches(n: int, size: int = 200) -> list[list[InMessage]]:

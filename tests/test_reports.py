@@ -18,17 +18,15 @@ import pandas as pd
 import pytest
 from prometheus_client import generate_latest
 
-from stopdrift_common.schema import CLASSES, MODEL_FEATURES, TARGET
 from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stream_app.drift_view import DriftView
 from stream_app.metrics import WorkerMetrics
 from stream_app.reports import Reports
-from tests.helpers_stream import state_events
+from tests.helpers_stream import feature_champion, state_events
 from tests.test_coordinator import (
     PARTITIONS,
     WINDOW,
     Harness,
-    Model,
     live_order,
     partitioned,
 )
@@ -89,16 +87,7 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="module")
 def champion() -> SimpleNamespace:
-    """test_coordinator's champion: predictions that depend on the features."""
-    events = pd.DataFrame(state_events(4053, loop_seed=7))
-    proba = Model().predict_proba(events)
-    ref = events[[*MODEL_FEATURES, TARGET]].copy()
-    for j, c in enumerate(CLASSES):
-        ref[f"proba_{c}"] = proba[:, j]
-    return SimpleNamespace(
-        model=Model(), classes=CLASSES, name="m", version="1",
-        reference={"classes": CLASSES}, reference_rows=ref,
-    )  # fmt: skip
+    return feature_champion()
 
 
 @pytest.fixture(scope="module")
