@@ -38,6 +38,7 @@ TICK_SECONDS = 1.0
 # (alignment), so this bounds the overshoot: kept small beside max_open_windows' seqs.
 STREAM_BUFFER = 4096
 MAX_POLL_RECORDS = 5000
+MAX_FETCH_BYTES = 256 * 1024
 # Messages of a partition that can still arrive after it is held: one poll's worth fetched, and
 # what the stream buffer holds.
 LOOKAHEAD = STREAM_BUFFER + MAX_POLL_RECORDS
@@ -57,6 +58,10 @@ def faust_settings(settings: Settings) -> dict:
         broker_heartbeat_interval=2,
         broker_rebalance_timeout=12,
         broker_max_poll_records=MAX_POLL_RECORDS,
+        # Bytes one fetch takes from a partition (Faust's default: 1 MB, about 2,600 events).
+        # A partition holding few keys advances many seqs per event, so one fetch of it could
+        # carry it a hundred windows past the others before alignment can hold it.
+        consumer_max_fetch_size=MAX_FETCH_BYTES,
         stream_buffer_maxsize=STREAM_BUFFER,
         producer_linger=0.0,  # outputs go out as whole batches (BatchWriter): no need to wait
         producer_max_request_size=2 * 1024 * 1024,
@@ -70,15 +75,17 @@ def faust_settings(settings: Settings) -> dict:
 
 def alignment_skew(settings: Settings) -> int:
     """Seqs a partition may reach past the slowest one (counting what it has fetched or
-    buffered already, ``PartitionProgress.lookahead``) before it is paused: half of what the
-    open windows hold, the other half for partials in flight and other workers.
+    buffered already, ``PartitionProgress.lookahead``) before it is paused: a quarter of what
+    the open windows hold, the rest for what a density estimate misses, partials in flight and
+    other workers (measured: at half, a backlog with half its events in one partition still
+    reached the cap).
 
     >>> alignment_skew(Settings())  # 256 windows of 500 seqs
-    64000
+    32000
     """
     # Never below one window: the partition that holds the lowest open window's missing events
     # must not be held itself.
-    return max(settings.max_open_windows * settings.window_events // 2, settings.window_events)
+    return max(settings.max_open_windows * settings.window_events // 4, settings.window_events)
 
 
 def transport_error(exc: BaseException) -> bool:
@@ -109,7 +116,10 @@ def create_app(
     writer = BatchWriter(app)
     coordinator.flush = app.producer.flush
     progress = PartitionProgress(
-        alignment_skew(settings), LOOKAHEAD + settings.batch_max_events, settings.window_events
+        alignment_skew(settings),
+        LOOKAHEAD + settings.batch_max_events,
+        settings.window_events,
+        density=2.0 * settings.partitions,  # a partition holding half the average share of keys
     )
 
     # Window states of the drift coordinator, backed by a changelog topic: the worker that

@@ -59,9 +59,13 @@ class PartitionProgress:
     window
         Seqs per window: a partition within one window of the floor is never paused (it may
         hold the lowest open window's last events: pausing it could stall every window).
+    density
+        Seqs per message assumed for a partition until its own is measured.
     """
 
-    def __init__(self, max_skew: int, lookahead: int = 0, window: int = 1) -> None:
+    def __init__(
+        self, max_skew: int, lookahead: int = 0, window: int = 1, density: float = 1.0
+    ) -> None:
         if max_skew < 1 or lookahead < 0 or window < 1:
             raise ValueError(
                 f"need max_skew >= 1, lookahead >= 0, window >= 1: {max_skew}, {lookahead}, "
@@ -70,6 +74,7 @@ class PartitionProgress:
         self.max_skew = max_skew
         self.lookahead = lookahead
         self.window = window
+        self.density = density  # seqs per message assumed until a partition's own is measured
         self.read: dict[int, int] = {}  # next offset whose outcome is written
         self.end: dict[int, int] = {}  # log end (high-water mark) when last seen
         self.seq: dict[int, int] = {}  # latest seq read
@@ -149,5 +154,9 @@ class PartitionProgress:
     def _reach(self, p: int) -> float:
         """The seq partition ``p`` may reach once what is fetched or buffered has arrived."""
         offset, seq = self.first.get(p, (self.read[p], self.seq[p]))
-        density = (self.seq[p] - seq) / max(self.read[p] - offset, 1)  # seqs per message
+        messages = self.read[p] - offset
+        # Seqs per message, from what was read since the partition was first seen; until a
+        # few batches were, the assumed one (a partition that runs ahead at start is no less
+        # dangerous for being new).
+        density = (self.seq[p] - seq) / messages if messages >= 1000 else self.density
         return self.seq[p] + self.lookahead * density
