@@ -6,7 +6,7 @@ hispanic-white) the unit is the LOCATION (state, city, geography, subgeography):
 minority group's value minus the white group's, both from rows whose RECORDED race
 (``subject_race``, the label, never the model's prediction) is that group. Six statistics.
 
-Why the design is what it is (measured on the OPP tables, see ``/work/shared/DISPARITY.md``):
+Why the design is what it is (measured on the OPP tables):
 
 - a window of 500 shuffled state rows holds both rows of a location about 3 times, so pairs are
   not formed inside a window: ``GapBook`` keeps each location's latest value per group across
