@@ -76,7 +76,7 @@ class MonitorConfig:
     scales: tuple[int, ...] = SCALES
     min_events: int = 50
     idle_seconds: float = 30.0
-    max_open: int = 256
+    max_open: int = 1024
     partitions: int = 1  # input partitions expected before any has delivered
     false_alarms_per_million: float = 1.0
     # The bootstrap's own noise (its thresholds vary by about 0.1 decade between runs) spreads
@@ -324,7 +324,7 @@ class DriftMonitor:
 
     def horizon(self, now: float) -> int | None:
         """The first seq of the lowest window still open (or None: none is): workers may read
-        up to ``horizon + max_open * window_events / 2`` before they pause a partition."""
+        a quarter of ``max_open * window_events`` past it before they pause a partition."""
         keys = [min(b.open) for b in self.books.values() if b.open]
         if keys:
             return min(keys) * self.config.window_events

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         50, ge=20, description="a closed window with fewer valid events is not tested"
     )
     max_open_windows: int = Field(
-        256, ge=4, le=100_000, description="open windows before the oldest closes early"
+        1024, ge=4, le=100_000, description="open windows before the oldest closes early"
     )
     false_alarms_per_million: float = Field(
         1.0, gt=0, description="drift false alarms per million events (nine references in ten)"

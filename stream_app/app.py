@@ -80,8 +80,8 @@ def alignment_skew(settings: Settings) -> int:
     other workers (measured: at half, a backlog with half its events in one partition still
     reached the cap).
 
-    >>> alignment_skew(Settings())  # 256 windows of 500 seqs
-    32000
+    >>> alignment_skew(Settings())  # 1,024 windows of 500 seqs
+    128000
     """
     # Never below one window: the partition that holds the lowest open window's missing events
     # must not be held itself.
