@@ -290,3 +290,18 @@ def feature_champion(version: str = "1"):
         model=FeatureModel(), classes=CLASSES, name="m", version=version,
         reference={"classes": CLASSES}, reference_rows=ref,
     )  # fmt: skip
+
+
+def drift_settings(runs_dir: Path, window: int = 250, partitions: int = 4) -> Settings:
+    """The broker-less drift tests' settings: small windows, a short idle time, a quick
+    calibration."""
+    from stopdrift_common.settings import PROJECT_ROOT
+
+    return Settings(
+        data_dir=PROJECT_ROOT / "data",
+        runs_dir=runs_dir,
+        window_events=window,
+        window_idle_seconds=5,
+        calibration_windows=500,
+        partitions=partitions,
+    )

@@ -14,12 +14,17 @@ from types import SimpleNamespace
 import pytest
 
 from stopdrift_common.schema import dumps
-from stopdrift_common.settings import PROJECT_ROOT, Settings
+from stopdrift_common.settings import Settings
 from stream_app.coordinator import Coordinator
 from stream_app.metrics import WorkerMetrics
 from stream_app.outcomes import InMessage
 from stream_app.runtime import WorkerRuntime
-from tests.helpers_stream import FeatureModel, feature_champion, state_events
+from tests.helpers_stream import (
+    FeatureModel,
+    drift_settings,
+    feature_champion,
+    state_events,
+)
 
 WINDOW = 250
 PARTITIONS = 4
@@ -30,14 +35,8 @@ Model = FeatureModel  # (other test modules import it from here)
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
-    return Settings(
-        data_dir=PROJECT_ROOT / "data",
-        runs_dir=tmp_path_factory.mktemp("coordinator"),  # shared: the calibration cache
-        window_events=WINDOW,
-        window_idle_seconds=5,
-        calibration_windows=500,
-        partitions=PARTITIONS,
-    )
+    # shared: the calibration cache
+    return drift_settings(tmp_path_factory.mktemp("coordinator"), WINDOW, PARTITIONS)
 
 
 @pytest.fixture(scope="module")

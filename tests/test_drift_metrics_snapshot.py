@@ -11,13 +11,12 @@ from types import SimpleNamespace
 import orjson
 from prometheus_client import CollectorRegistry
 
-from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stream_app.coordinator import Coordinator
 from stream_app.drift_metrics import DriftCollector
 from stream_app.metrics import WorkerMetrics
 from stream_app.outcomes import InMessage
 from stream_app.runtime import WorkerRuntime
-from tests.helpers_stream import feature_champion, state_events
+from tests.helpers_stream import drift_settings, feature_champion, state_events
 
 WINDOW = 250
 PARTITIONS = 4
@@ -55,14 +54,7 @@ def closed(metrics: dict) -> float:
 
 
 def test_a_scrape_during_a_merge_sees_the_last_published_state(tmp_path):
-    settings = Settings(
-        data_dir=PROJECT_ROOT / "data",
-        runs_dir=tmp_path / "runs",
-        window_events=WINDOW,
-        window_idle_seconds=5,
-        calibration_windows=500,
-        partitions=PARTITIONS,
-    )
+    settings = drift_settings(tmp_path / "runs", WINDOW, PARTITIONS)
     model = champion()
     runtime = WorkerRuntime(settings, WorkerMetrics(), SimpleNamespace(current=None))
     now = [1000.0]

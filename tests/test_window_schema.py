@@ -11,24 +11,17 @@ from types import SimpleNamespace
 import orjson
 
 from drift.windows import RECORD_SCHEMA
-from stopdrift_common.settings import PROJECT_ROOT, Settings
 from stream_app.coordinator import Coordinator
 from stream_app.metrics import WorkerMetrics
 from stream_app.runtime import WorkerRuntime
+from tests.helpers_stream import drift_settings
 from tests.test_drift_metrics_snapshot import PARTITIONS, WINDOW, batches, champion
 
 BOUND = 120.0
 
 
 def test_window_records_carry_a_schema_and_unknown_ones_are_skipped_on_restore(tmp_path, caplog):
-    settings = Settings(
-        data_dir=PROJECT_ROOT / "data",
-        runs_dir=tmp_path / "runs",
-        window_events=WINDOW,
-        window_idle_seconds=5,
-        calibration_windows=500,
-        partitions=PARTITIONS,
-    )
+    settings = drift_settings(tmp_path / "runs", WINDOW, PARTITIONS)
     model = champion()
     runtime = WorkerRuntime(settings, WorkerMetrics(), SimpleNamespace(current=None))
     now = [1000.0]
